@@ -1,0 +1,5 @@
+import sys
+
+from equivalence.cli import main
+
+sys.exit(main())

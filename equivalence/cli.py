@@ -1,0 +1,165 @@
+"""The ``crosscheck`` command line (also ``python -m equivalence``).
+
+    crosscheck run [--only PATTERN] [--dtype float64|float32|all] [--backend NAME ...]
+                   [--seed N] [--json PATH] [--markdown PATH] [--verbose] [--no-gradcheck]
+    crosscheck list [--only PATTERN]
+    crosscheck bench attention|flash [options] [--json PATH]
+    crosscheck kernels [--json PATH]
+
+``run`` with no arguments is the main job: every registered case, both dtypes, on every backend
+this machine has. It exits 1 if any check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from rich.console import Console
+
+BENCHES = {  # name -> module with add_arguments(parser) and run(args) -> list[dict]
+    "attention": "equivalence.bench_attention",
+    "flash": "equivalence.bench_flash",
+}
+GPU_BENCHES = {"flash": "equivalence.bench_flash_gpu"}  # used with --backend opencl|cupy
+KERNELS = "equivalence.kernels_report"
+
+
+def _backend_list(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    from equivalence.harness import CANDIDATES
+    for n in names:
+        if n not in CANDIDATES:
+            raise SystemExit(f"--backend: expected names among {list(CANDIDATES)} but got {n!r}")
+    return names
+
+
+def cmd_run(args, console: Console) -> int:
+    from rich.progress import Progress
+
+    from equivalence import backends, report
+    from equivalence.harness import CANDIDATES, check_case
+    from equivalence.registry import all_cases
+
+    cases = all_cases(args.only)
+    if not cases:
+        what = f"matches --only {args.only!r}" if args.only else "is registered"
+        console.print(f"no case {what} (see `crosscheck list`)")
+        return 2
+    dtypes = ("float64", "float32") if args.dtype == "all" else (args.dtype,)
+    wanted = _backend_list(args.backend) or list(CANDIDATES)
+    for name in ("numpy", "torch", "opencl", "cupy"):
+        ok, why = backends.available(name)
+        console.print(f"{name:>7}: {'[green]yes[/]' if ok else '[yellow]no[/]'}  {why}",
+                      highlight=False)
+    runnable = [b for b in wanted if backends.available(b)[0]]
+    if not runnable:
+        console.print(f"none of the requested backends {wanted} is available here: "
+                      "nothing to check")
+        return 0
+    rows = []
+    t0 = time.perf_counter()
+    err_console = Console(stderr=True)
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("checking", total=len(cases) * len(dtypes))
+        for case in cases:
+            for dtype in dtypes:
+                progress.update(task, description=f"{case.name} {dtype}")
+                rows += check_case(case, dtype=dtype, backends=runnable, seed=args.seed,
+                                   run_gradcheck=not args.no_gradcheck)
+                progress.advance(task)
+    elapsed = time.perf_counter() - t0
+    report.print_report(rows, console, verbose=args.verbose)
+    passed, failed = report.totals(rows)
+    header = (f"{len(cases)} cases, dtypes {', '.join(dtypes)}, backends {', '.join(runnable)}, "
+              f"seed {args.seed}, {elapsed:.1f} s")
+    if args.json:
+        report.write_json(args.json, {"summary": {"passed": passed, "failed": failed,
+                                                  "header": header}, "rows": rows})
+    if args.markdown:
+        report.write_markdown(args.markdown, rows, header)
+    console.print(header, highlight=False)
+    console.print(f"checks: {passed} passed, {failed} failed", highlight=False)
+    return 1 if failed else 0
+
+
+def cmd_list(args, console: Console) -> int:
+    from equivalence.registry import all_cases
+    for case in all_cases(args.only):
+        extra = f"  [{', '.join(sorted(case.backends))}]" if case.backends else ""
+        console.print(f"{case.name}{extra}", highlight=False)
+    return 0
+
+
+def _run_module(module: str, args, console: Console, title: str) -> int:
+    from equivalence import report
+    rows = importlib.import_module(module).run(args)
+    report.print_rows(rows, title, console)
+    if getattr(args, "json", None):
+        report.write_json(args.json, rows)
+    return 0
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; a benchmark's own options are loaded only when ``argv`` selects it, so that
+    ``run`` and ``list`` never import benchmark code."""
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="crosscheck", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="check every case against torch autograd (the main job)")
+    r.add_argument("--only", help="glob or substring of case names, e.g. 'rmsnorm*'")
+    r.add_argument("--dtype", choices=("float64", "float32", "all"), default="all")
+    r.add_argument("--backend", action="append",
+                   help="candidates to check: numpy, opencl, cupy (repeat or comma-separate; "
+                        "default: all this machine has)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--json", metavar="PATH", help="write every row as JSON")
+    r.add_argument("--markdown", metavar="PATH", help="write the summary as Markdown")
+    r.add_argument("--verbose", action="store_true", help="one line per tensor")
+    r.add_argument("--no-gradcheck", action="store_true", help="skip finite differences")
+
+    ls = sub.add_parser("list", help="list the registered cases")
+    ls.add_argument("--only")
+
+    b = sub.add_parser("bench", help="benchmarks (print a table; --json PATH writes it)")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    for name, module in BENCHES.items():
+        bp = bsub.add_parser(name)
+        bp.add_argument("--json", metavar="PATH")
+        if argv[:2] != ["bench", name]:
+            continue
+        importlib.import_module(module).add_arguments(bp)
+        if name in GPU_BENCHES:
+            bp.add_argument("--backend", choices=("numpy", "opencl", "cupy"), default="numpy",
+                            help="numpy: the NumPy benchmark; opencl/cupy: the kernels")
+            importlib.import_module(GPU_BENCHES[name]).add_arguments(
+                bp.add_argument_group("kernel backends"))
+
+    k = sub.add_parser("kernels", help="NVRTC build of every kernel: registers, spills, smem")
+    k.add_argument("--json", metavar="PATH")
+    if argv[:1] == ["kernels"]:
+        importlib.import_module(KERNELS).add_arguments(k)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(argv).parse_args(argv)
+    console = Console()
+    if args.command == "run":
+        return cmd_run(args, console)
+    if args.command == "list":
+        return cmd_list(args, console)
+    if args.command == "bench":
+        module = BENCHES[args.bench]
+        if getattr(args, "backend", "numpy") != "numpy":
+            module = GPU_BENCHES[args.bench]
+        return _run_module(module, args, console, f"bench {args.bench}")
+    return _run_module(KERNELS, args, console, "kernels: NVRTC ptxas figures")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Comparison of one tensor against its reference under the tolerance policy.
+
+Policy (ARCHITECTURE.md, "The harness"):
+
+- float64 against torch autograd: elementwise ``|got - ref| <= 1e-6 + 1e-6 * |ref|`` (the bar of
+  ``torch.testing.assert_close`` tightened to 1e-6); achieved errors are expected near 1e-13.
+- float32 (and lower): the error against the float64 reference may be at most twice the error of a
+  plain same-precision implementation (the *baseline*) against that reference, plus a rounding
+  floor of one unit roundoff times the reference's scale — the FlashAttention test habit of judging
+  low precision relative to a same-precision baseline.
+- Any NaN or infinity in ``got`` that the reference does not have at the same place (same value)
+  fails, with its index; a shape mismatch fails.
+
+``fraction`` is the share of the tolerance used by the worst element (pass iff ``fraction <= 1``).
+``max_rel`` is normwise: ``max|got - ref| / max|ref|``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+ATOL64 = 1e-6
+RTOL64 = 1e-6
+
+
+@dataclass
+class Row:
+    case: str
+    backend: str
+    dtype: str
+    tensor: str
+    shape: tuple
+    max_abs: float
+    max_rel: float
+    tolerance: str
+    fraction: float
+    passed: bool
+    worst_index: tuple | None = None
+    ref_value: float | None = None
+    got_value: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        d["worst_index"] = None if self.worst_index is None else list(self.worst_index)
+        return d
+
+    def describe(self) -> str:
+        """One line for a failure: names the tensor, its shape, the worst index and both values."""
+        where = "" if self.worst_index is None else f" at index {self.worst_index}"
+        vals = ("" if self.ref_value is None else
+                f": reference {self.ref_value!r}, got {self.got_value!r}")
+        note = f" ({self.note})" if self.note else ""
+        return (f"{self.case} [{self.backend}, {self.dtype}] {self.tensor} {self.shape}: "
+                f"max abs err {self.max_abs:.3e} > tolerance {self.tolerance}{where}{vals}{note}")
+
+
+def _index(flat: int, shape: tuple) -> tuple:
+    return tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
+
+
+def _nonfinite_row(base: dict, got: np.ndarray, ref: np.ndarray) -> Row | None:
+    bad = ~np.isfinite(got) | ~np.isfinite(ref)
+    # Identical infinities (e.g. lse = -inf for a fully masked row) agree by definition.
+    same_inf = np.isinf(got) & np.isinf(ref) & (got == ref)
+    bad &= ~same_inf
+    if not bad.any():
+        return None
+    flat = int(np.flatnonzero(bad)[0])
+    idx = _index(flat, got.shape)
+    return Row(**base, max_abs=float("inf"), max_rel=float("inf"), fraction=float("inf"),
+               passed=False, worst_index=idx, ref_value=float(ref.flat[flat]),
+               got_value=float(got.flat[flat]),
+               note=f"{int(bad.sum())} non-finite value(s)")
+
+
+def compare(got, ref, *, case: str, backend: str, dtype: str, tensor: str,
+            atol: float = ATOL64, rtol: float = RTOL64, bound: float | None = None,
+            tolerance: str | None = None) -> Row:
+    """Compare ``got`` with ``ref`` elementwise.
+
+    With ``bound`` the test is ``max|got - ref| <= bound`` (the float32 policy); otherwise it is
+    ``|got - ref| <= atol + rtol * |ref|`` for every element (the float64 policy).
+    """
+    got = np.asarray(got)
+    ref = np.asarray(ref)
+    base = dict(case=case, backend=backend, dtype=dtype, tensor=tensor, shape=tuple(ref.shape),
+                tolerance=tolerance or (f"{bound:.2e}" if bound is not None
+                                        else f"{atol:g}+{rtol:g}|ref|"))
+    if got.shape != ref.shape:
+        return Row(**base, max_abs=float("inf"), max_rel=float("inf"), fraction=float("inf"),
+                   passed=False, note=f"shape mismatch: expected {ref.shape} but got {got.shape}")
+    bad = _nonfinite_row(base, got, ref)
+    if bad is not None:
+        return bad
+    if ref.size == 0:
+        return Row(**base, max_abs=0.0, max_rel=0.0, fraction=0.0, passed=True, note="empty")
+    finite = np.isfinite(ref)
+    g64 = np.where(finite, got, 0).astype(np.float64)
+    r64 = np.where(finite, ref, 0).astype(np.float64)
+    err = np.abs(g64 - r64)
+    scale = float(np.abs(r64).max())
+    max_abs = float(err.max())
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    if bound is not None:
+        used = err / bound if bound > 0 else np.where(err > 0, np.inf, 0.0)
+    else:
+        used = err / (atol + rtol * np.abs(r64))
+    flat = int(np.argmax(used))
+    fraction = float(used.flat[flat])
+    passed = fraction <= 1.0
+    return Row(**base, max_abs=max_abs, max_rel=max_rel, fraction=fraction, passed=passed,
+               worst_index=_index(flat, ref.shape), ref_value=float(ref.flat[flat]),
+               got_value=float(got.flat[flat]))
+
+
+def float32_bound(baseline_err: float, ref: np.ndarray, dtype: str) -> float:
+    """The low-precision bar: 2 x the baseline's max error plus one unit roundoff x max|ref|."""
+    ref = np.asarray(ref, dtype=np.float64)
+    finite = ref[np.isfinite(ref)]
+    scale = float(np.abs(finite).max()) if finite.size else 0.0
+    return 2.0 * baseline_err + float(np.finfo(np.dtype(dtype)).eps) * scale

@@ -1,0 +1,90 @@
+"""The case registry: one :class:`Case` per (op, variant, shape) that the harness checks.
+
+A case says how to make inputs, how to run the NumPy reference (forward and backward), the torch
+oracle, and optionally the kernel backends. Cases live in ``equivalence/cases/<component>.py``;
+each module calls :func:`register` at import time, and :func:`all_cases` imports every module in
+that package, so adding a component is adding one file.
+
+Example (the whole registration of an op)::
+
+    register(Case(
+        name="rmsnorm/(3, 5, 97)",
+        inputs=lambda rng: {"x": rng.standard_normal((3, 5, 97)),
+                            "weight": rng.standard_normal(97)},
+        forward=lambda i: single(norms.rmsnorm_forward(i["x"], i["weight"])),
+        backward=lambda d, c: dict(zip(("x", "weight"), norms.rmsnorm_backward(d["out"], c))),
+        torch=lambda t: {"out": oracles.rmsnorm(t["x"], t["weight"])},
+        grad_wrt=("x", "weight"),
+    ))
+
+Write the forward/backward lambdas against the *module* (``norms.rmsnorm_backward``), not a
+name imported from it, so that a test can monkeypatch an op and see the harness catch it.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+Arrays = dict[str, np.ndarray]
+# A kernel backend runs forward and backward in one call: (inputs, douts) -> (outputs, grads).
+# ``douts`` is None when only the forward is wanted.
+BackendFn = Callable[[Arrays, "Arrays | None"], "tuple[Arrays, Arrays | None]"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str                                       # unique, "component/variant/shape"
+    inputs: Callable[[np.random.Generator], Arrays]  # float64 (and int/bool) arrays; cast per run
+    forward: Callable[[Arrays], tuple[Arrays, Any]]  # NumPy: inputs -> (outputs, cache)
+    backward: Callable[[Arrays, Any], Arrays]        # NumPy: (douts, cache) -> grads by input name
+    grad_wrt: tuple[str, ...]                        # inputs that receive a gradient
+    torch: Callable[[dict], dict] | None = None      # oracle: tensors -> output tensors (autograd)
+    dout_for: tuple[str, ...] | None = None          # outputs given an upstream grad (None = all)
+    backends: Mapping[str, BackendFn] = field(default_factory=dict)  # "opencl", "cupy"
+    baseline32: BackendFn | None = None  # plain float32 implementation (default: torch float32)
+    gradcheck: bool = True                           # finite differences on the NumPy backward
+    dtypes: tuple[str, ...] = ("float64", "float32")
+    float_inputs: tuple[str, ...] | None = None      # inputs cast to the run dtype (None = floats)
+
+    @property
+    def component(self) -> str:
+        return self.name.split("/", 1)[0]
+
+
+_CASES: dict[str, Case] = {}
+_LOADED = False
+
+
+def register(case: Case) -> Case:
+    """Add a case; names must be unique."""
+    if case.name in _CASES:
+        raise ValueError(f"case {case.name!r} is registered twice")
+    _CASES[case.name] = case
+    return case
+
+
+def single(result: tuple[np.ndarray, Any], name: str = "out") -> tuple[Arrays, Any]:
+    """Adapt ``(out, cache)`` from an op to ``({name: out}, cache)`` for :attr:`Case.forward`."""
+    out, cache = result
+    return {name: out}, cache
+
+
+def all_cases(pattern: str | None = None) -> list[Case]:
+    """Every registered case (importing ``equivalence.cases.*`` once), filtered by a glob or
+    substring ``pattern`` on the name."""
+    global _LOADED
+    if not _LOADED:
+        from equivalence import cases
+        for mod in sorted(pkgutil.iter_modules(cases.__path__), key=lambda m: m.name):
+            importlib.import_module(f"{cases.__name__}.{mod.name}")
+        _LOADED = True
+    out = list(_CASES.values())
+    if pattern:
+        glob = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
+        out = [c for c in out if fnmatch.fnmatchcase(c.name, glob)]
+    return out

@@ -1,0 +1,71 @@
+"""Input validation shared by every op: errors name the argument, the expected and the actual value.
+
+Every public op calls these before it computes anything, so that bad input fails loudly with a
+message of the form ``"x: expected shape (B, T, 64) but got (2, 3, 65)"`` instead of broadcasting
+silently or returning NaN.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_float(name: str, x, *, ndim: int | tuple[int, ...] | None = None,
+                allow_nan: bool = False) -> np.ndarray:
+    """Require a float32/float64 ndarray (optionally of a given rank) without NaN.
+
+    >>> check_float("x", np.zeros((2, 3)), ndim=2).shape
+    (2, 3)
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray but got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32 or float64 but got {x.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"{name}: expected {want} dimensions but got {x.ndim} "
+                             f"(shape {x.shape})")
+    if not allow_nan and np.isnan(x).any():
+        idx = tuple(int(i) for i in np.argwhere(np.isnan(x))[0])
+        raise ValueError(f"{name}: contains NaN (first at index {idx})")
+    return x
+
+
+def check_int(name: str, x, *, ndim: int | None = None) -> np.ndarray:
+    """Require an integer ndarray (token ids, class targets)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray but got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(f"{name}: expected an integer dtype but got {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions but got {x.ndim} (shape {x.shape})")
+    return x
+
+
+def check_shape(name: str, x: np.ndarray, expected: tuple, letters: str | None = None) -> None:
+    """Require ``x.shape == expected``; ``None`` in ``expected`` matches any size.
+
+    ``letters`` (e.g. ``"(B, H, T, D)"``) is added to the message so the reader sees the meaning.
+    """
+    ok = len(x.shape) == len(expected) and all(
+        e is None or e == s for e, s in zip(expected, x.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        if len(expected) == 1:
+            want = want[:-1] + ",)"
+        what = f" {letters}" if letters else ""
+        raise ValueError(f"{name}: expected shape{what} {want} but got {tuple(x.shape)}")
+
+
+def check_same_dtype(**arrays: np.ndarray) -> np.dtype:
+    """Require every given float array to share one dtype; return it."""
+    names = list(arrays)
+    first = arrays[names[0]].dtype
+    for n in names[1:]:
+        if arrays[n].dtype != first:
+            raise TypeError(f"{n}: expected dtype {first} (the dtype of {names[0]}) "
+                            f"but got {arrays[n].dtype}")
+    return first

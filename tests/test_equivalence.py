@@ -1,0 +1,42 @@
+"""Every registered case through the harness: float64 against torch autograd plus the
+finite-difference gradcheck, and float32 against the same-precision baseline.
+
+Kernel backends (opencl, cupy) take part wherever this machine has them.
+"""
+import pytest
+
+from equivalence.harness import check_case
+from equivalence.registry import all_cases
+
+CASES = all_cases()
+
+
+def _failures(rows):
+    return "\n".join(r.describe() for r in rows if not r.passed)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_float64_against_torch_and_gradcheck(case):
+    rows = check_case(case, "float64")
+    if not rows:
+        pytest.skip(f"{case.name} is not defined in float64")
+    assert all(r.passed for r in rows), _failures(rows)
+    # The bar is 1e-6; what the float64 copies actually achieve must be far below it.
+    copies = [r for r in rows if r.backend != "gradcheck"]
+    worst = max(copies, key=lambda r: r.max_abs, default=None)
+    if worst is not None:
+        assert worst.max_abs <= 1e-10, worst.describe()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_float32_within_twice_the_baseline_error(case):
+    rows = check_case(case, "float32")
+    if not rows:
+        pytest.skip(f"{case.name} is not defined in float32")
+    assert all(r.passed for r in rows), _failures(rows)
+
+
+def test_case_names_are_unique_and_every_component_has_cases():
+    names = [c.name for c in CASES]
+    assert len(names) == len(set(names))
+    assert CASES, "no case is registered"
