@@ -148,7 +148,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
-    console = Console()
+    # Logs and pipes get the full table rather than rich's 80-column default.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     if args.command == "run":
         return cmd_run(args, console)
     if args.command == "list":

@@ -6,8 +6,10 @@ Policy (ARCHITECTURE.md, "The harness"):
   ``torch.testing.assert_close`` tightened to 1e-6); achieved errors are expected near 1e-13.
 - float32 (and lower): the error against the float64 reference may be at most twice the error of a
   plain same-precision implementation (the *baseline*) against that reference, plus a rounding
-  floor of one unit roundoff times the reference's scale — the FlashAttention test habit of judging
-  low precision relative to a same-precision baseline.
+  floor — the FlashAttention test habit of judging low precision relative to a same-precision
+  baseline. The floor is 4 unit roundoffs of the reference's largest magnitude: a correct formula of a few float32 operations carries a few
+  half-ulp roundings, and a baseline that happens to land within half an ulp (likely for tensors of
+  one or a few elements) must not make that unattainable.
 - Any NaN or infinity in ``got`` that the reference does not have at the same place (same value)
   fails, with its index; a shape mismatch fails.
 
@@ -22,6 +24,7 @@ import numpy as np
 
 ATOL64 = 1e-6
 RTOL64 = 1e-6
+ROUNDING_FLOOR_ULPS = 4  # float32 floor, in unit roundoffs of max|ref|
 
 
 @dataclass
@@ -117,8 +120,8 @@ def compare(got, ref, *, case: str, backend: str, dtype: str, tensor: str,
 
 
 def float32_bound(baseline_err: float, ref: np.ndarray, dtype: str) -> float:
-    """The low-precision bar: 2 x the baseline's max error plus one unit roundoff x max|ref|."""
+    """The low-precision bar: 2 x the baseline's max error plus 4 unit roundoffs x max|ref|."""
     ref = np.asarray(ref, dtype=np.float64)
     finite = ref[np.isfinite(ref)]
     scale = float(np.abs(finite).max()) if finite.size else 0.0
-    return 2.0 * baseline_err + float(np.finfo(np.dtype(dtype)).eps) * scale
+    return 2.0 * baseline_err + ROUNDING_FLOOR_ULPS * float(np.finfo(np.dtype(dtype)).eps) * scale

@@ -105,8 +105,10 @@ def _full_jacobian(case, inputs, name, outs, cache, eps):
         e = e.reshape(x.shape)
         plus = _outputs(case, _shifted(inputs, name, e, eps))
         minus = _outputs(case, _shifted(inputs, name, e, -eps))
-        diff = [np.nan_to_num((plus[n] - minus[n]).ravel(), nan=0.0, posinf=0.0, neginf=0.0)
-                for n, _, _ in flat_outs]
+        # -inf - -inf (lse of a fully masked row) is NaN: such outputs carry no gradient.
+        with np.errstate(invalid="ignore"):
+            diff = [np.nan_to_num((plus[n] - minus[n]).ravel(), nan=0.0, posinf=0.0,
+                                  neginf=0.0) for n, _, _ in flat_outs]
         numeric[:, k] = np.concatenate(diff) / (2 * eps)
     analytic = np.zeros_like(numeric)
     row = 0

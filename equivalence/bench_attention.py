@@ -1,0 +1,154 @@
+"""``crosscheck bench attention``: time of NumPy attention against torch, and of fused vs per-head MHA.
+
+Every figure is the wall time of one forward + backward, taken after one warm-up run of the same
+call (``--repeat N`` takes the best of N runs instead of one). Rows:
+
+1. Scaled dot-product attention at (B, H, T, D) = ``--shape`` (default (4, 8, 512, 64)), float32,
+   without a mask and causal: ``ref_numpy.attention`` (batched) against torch CPU autograd of the
+   same math (S = scale·QKᵀ, masked_fill, softmax, PV, then ``backward``). Target (issue 3):
+   NumPy <= 1.5x torch. For context, also torch's fused ``F.scaled_dot_product_attention``.
+2. Multi-head self-attention at (B, T, C, H) = ``--mha-shape`` (default (4, 512, 512, 8)),
+   causal: the fused form (one projection, one batched attention) against the per-head loop, and
+   against ``torch.nn.MultiheadAttention`` under autograd.
+
+Both libraries use the same threads (``torch.get_num_threads()`` is reported; NumPy's BLAS uses
+its own pool). Quick smoke run: ``crosscheck bench attention --shape 1 2 32 8 --mha-shape 1 16 8 2``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from ref_numpy import attention, mha
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shape", type=int, nargs=4, default=[4, 8, 512, 64],
+                        metavar=("B", "H", "T", "D"), help="SDPA shape (default 4 8 512 64)")
+    parser.add_argument("--mha-shape", type=int, nargs=4, default=[4, 512, 512, 8],
+                        metavar=("B", "T", "C", "H"), help="MHA shape (default 4 512 512 8)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="timed runs after the warm-up; the best is reported (default 1)")
+    parser.add_argument("--part", choices=("sdpa", "mha", "all"), default="all")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _time(fn, repeat: int) -> float:
+    """Seconds of one call: one warm-up call, then the best of ``repeat`` timed calls."""
+    fn()
+    best = math.inf
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _row(op, mask, shape, dtype, cand, cand_s, ref, ref_s, target="-") -> dict:
+    return {"op": op, "mask": mask, "shape": shape, "dtype": dtype, "candidate": cand,
+            "candidate_s": cand_s, "reference": ref, "reference_s": ref_s,
+            "ratio": cand_s / ref_s, "target": target}
+
+
+def _sdpa_rows(args) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    B, H, T, D = args.shape
+    rng = np.random.default_rng(args.seed)
+    q, k, v, dout = (rng.standard_normal((B, H, T, D)).astype(args.dtype) for _ in range(4))
+    tq, tk, tv = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (q, k, v))
+    tdout = torch.from_numpy(dout)
+    scale = 1.0 / math.sqrt(D)
+    blocked = ~torch.ones(T, T, dtype=torch.bool).tril()
+    shape = f"(B, H, T, D) = {tuple(args.shape)}"
+    rows = []
+    for causal in (False, True):
+        def numpy_fb():
+            out, cache = attention.attention_forward(q, k, v, causal=causal)
+            attention.attention_backward(dout, cache)
+
+        def torch_fb():
+            s = (tq @ tk.transpose(-1, -2)) * scale
+            if causal:
+                s = s.masked_fill(blocked, float("-inf"))
+            out = torch.softmax(s, dim=-1) @ tv
+            out.backward(tdout)
+
+        def torch_sdpa_fb():
+            out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+            out.backward(tdout)
+
+        mask = "causal" if causal else "none"
+        t_np = _time(numpy_fb, args.repeat)
+        t_torch = _time(torch_fb, args.repeat)
+        t_sdpa = _time(torch_sdpa_fb, args.repeat)
+        rows.append(_row("sdpa fwd+bwd", mask, shape, args.dtype, "numpy batched", t_np,
+                         "torch autograd, same math", t_torch, "<= 1.5"))
+        rows.append(_row("sdpa fwd+bwd", mask, shape, args.dtype, "numpy batched", t_np,
+                         "torch F.scaled_dot_product_attention", t_sdpa))
+    return rows
+
+
+def _mha_rows(args) -> list[dict]:
+    import torch
+
+    B, T, C, H = args.mha_shape
+    if C % H:
+        raise SystemExit(f"--mha-shape: expected C divisible by H but got C = {C}, H = {H}")
+    rng = np.random.default_rng(args.seed + 1)
+    dt = args.dtype
+    x = rng.standard_normal((B, T, C)).astype(dt)
+    w_qkv = (rng.standard_normal((C, 3 * C)) / math.sqrt(C)).astype(dt)
+    b_qkv = (0.1 * rng.standard_normal(3 * C)).astype(dt)
+    w_o = (rng.standard_normal((C, C)) / math.sqrt(C)).astype(dt)
+    b_o = (0.1 * rng.standard_normal(C)).astype(dt)
+    dy = rng.standard_normal((B, T, C)).astype(dt)
+    weights = (x, w_qkv, b_qkv, w_o, b_o)
+
+    def numpy_fb(fwd, bwd):
+        def run():
+            y, cache = fwd(*weights, n_head=H, causal=True)
+            bwd(dy, cache)
+        return run
+
+    module = torch.nn.MultiheadAttention(C, H, batch_first=True,
+                                         dtype=getattr(torch, dt))
+    with torch.no_grad():
+        module.in_proj_weight.copy_(torch.from_numpy(w_qkv.T.copy()))
+        module.in_proj_bias.copy_(torch.from_numpy(b_qkv))
+        module.out_proj.weight.copy_(torch.from_numpy(w_o.T.copy()))
+        module.out_proj.bias.copy_(torch.from_numpy(b_o))
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+    blocked = ~torch.ones(T, T, dtype=torch.bool).tril()
+
+    def torch_fb():
+        y, _ = module(tx, tx, tx, attn_mask=blocked, need_weights=False)
+        y.backward(torch.from_numpy(dy))
+
+    shape = f"(B, T, C, H) = {tuple(args.mha_shape)}"
+    t_fused = _time(numpy_fb(mha.mha_forward, mha.mha_backward), args.repeat)
+    t_heads = _time(numpy_fb(mha.mha_forward_per_head, mha.mha_backward_per_head), args.repeat)
+    t_torch = _time(torch_fb, args.repeat)
+    return [_row("mha fwd+bwd", "causal", shape, dt, "numpy fused", t_fused,
+                 "numpy per-head loop", t_heads),
+            _row("mha fwd+bwd", "causal", shape, dt, "numpy fused", t_fused,
+                 "torch nn.MultiheadAttention", t_torch)]
+
+
+def run(args) -> list[dict]:
+    """Rows: see the module docstring. Plain JSON-able values."""
+    import torch
+
+    rows = []
+    if args.part in ("sdpa", "all"):
+        rows += _sdpa_rows(args)
+    if args.part in ("mha", "all"):
+        rows += _mha_rows(args)
+    for r in rows:
+        r["torch_threads"] = torch.get_num_threads()
+    return rows
