@@ -1,4 +1,4 @@
-"""``crosscheck bench attention``: time of NumPy attention against torch, and of fused vs per-head MHA.
+"""``crosscheck bench attention``: NumPy attention vs torch, and fused vs per-head MHA, timed.
 
 Every figure is the wall time of one forward + backward, taken after one warm-up run of the same
 call (``--repeat N`` takes the best of N runs instead of one). Rows:
@@ -11,13 +11,19 @@ call (``--repeat N`` takes the best of N runs instead of one). Rows:
    causal: the fused form (one projection, one batched attention) against the per-head loop, and
    against ``torch.nn.MultiheadAttention`` under autograd.
 
-Both libraries use the same threads (``torch.get_num_threads()`` is reported; NumPy's BLAS uses
-its own pool). Quick smoke run: ``crosscheck bench attention --shape 1 2 32 8 --mha-shape 1 16 8 2``.
+Threads: torch's intra-op pool and NumPy's OpenBLAS pool are separate; each row reports both
+sizes. ``--threads N`` sets both (torch.set_num_threads and OpenBLAS's own setter, found through
+ctypes in the loaded library). On a machine whose cores are busy with other work, OpenBLAS's
+spinning worker threads lose much more than torch's pool does: ``--threads 1`` then gives the
+steadier comparison. Quick smoke run:
+``crosscheck bench attention --shape 1 2 32 8 --mha-shape 1 16 8 2``.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import math
+import os
 import time
 
 import numpy as np
@@ -34,7 +40,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="timed runs after the warm-up; the best is reported (default 1)")
     parser.add_argument("--part", choices=("sdpa", "mha", "all"), default="all")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for both torch and NumPy's OpenBLAS (default: unchanged)")
     parser.add_argument("--seed", type=int, default=0)
+
+
+_OPENBLAS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_",
+             "scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads",
+             "openblas_set_num_threads", "openblas_get_num_threads")
+
+
+def _openblas():
+    """(set, get) functions of the OpenBLAS that NumPy loaded, or None (non-Linux, other BLAS)."""
+    if not os.path.exists("/proc/self/maps"):
+        return None
+    with open("/proc/self/maps") as f:
+        paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower()})
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for setter, getter in zip(_OPENBLAS[::2], _OPENBLAS[1::2]):
+            if hasattr(lib, setter) and hasattr(lib, getter):
+                return getattr(lib, setter), getattr(lib, getter)
+    return None
+
+
+def _threads(n: int | None) -> str:
+    """Set both thread pools to ``n`` (None: leave them); describe the sizes in use."""
+    import torch
+
+    blas = _openblas()
+    if n is not None:
+        if n < 1:
+            raise SystemExit(f"--threads: expected an int >= 1 but got {n}")
+        torch.set_num_threads(n)
+        if blas is not None:
+            blas[0](ctypes.c_int(n))
+    nblas = str(blas[1]()) if blas is not None else "?"
+    return f"torch {torch.get_num_threads()}, OpenBLAS {nblas}"
 
 
 def _time(fn, repeat: int) -> float:
@@ -144,11 +186,19 @@ def run(args) -> list[dict]:
     """Rows: see the module docstring. Plain JSON-able values."""
     import torch
 
+    blas = _openblas()
+    before = (torch.get_num_threads(), blas[1]() if blas is not None else None)
+    threads = _threads(args.threads)
     rows = []
-    if args.part in ("sdpa", "all"):
-        rows += _sdpa_rows(args)
-    if args.part in ("mha", "all"):
-        rows += _mha_rows(args)
+    try:
+        if args.part in ("sdpa", "all"):
+            rows += _sdpa_rows(args)
+        if args.part in ("mha", "all"):
+            rows += _mha_rows(args)
+    finally:  # leave both pools as they were
+        torch.set_num_threads(before[0])
+        if blas is not None:
+            blas[0](ctypes.c_int(before[1]))
     for r in rows:
-        r["torch_threads"] = torch.get_num_threads()
+        r["threads"] = threads
     return rows

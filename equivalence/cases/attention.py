@@ -209,6 +209,7 @@ for _impl in ("fused", "per_head"):
     _mha_case("causal+padding", 2, 9, 12, 2, impl=_impl, causal=True, lengths=[6, 9])
     _mha_case("gqa/causal", 2, 9, 24, 6, 2, impl=_impl, causal=True)
     _mha_case("mqa/padding", 2, 8, 24, 6, 1, impl=_impl, lengths=[8, 3])
+    _mha_case("padding/empty_row", 2, 5, 12, 3, impl=_impl, lengths=[5, 0])   # row 1: no key
 _mha_case("mask_bool", 1, 7, 12, 3, mask="bool")
 _mha_case("mask_float/causal", 1, 7, 12, 3, mask="float", causal=True)
 _mha_case("T1", 2, 1, 12, 3, causal=True)
