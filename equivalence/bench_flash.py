@@ -13,7 +13,11 @@ Two measurements, both forward + backward, one head (B = H = 1), float32, no mas
    says so) on machines without several GiB to spare; ``--plot PATH`` draws peak vs T (log-log).
 2. Speed. Wall time of one forward + backward at T = ``--speed-t`` (2048), D = 64, tiles
    Br = Bc = ``--block`` (128), naive vs tiled, one run each after one warm-up run. Target:
-   tiled / naive <= 2.
+   tiled / naive <= 2. Both run in a fresh process with ``--blas-threads`` (1) BLAS threads:
+   the tiled version makes many small BLAS calls, and a multi-threaded BLAS on a busy machine
+   spends more time handing those to its threads than computing them (measured here with two
+   threads on two loaded cores: 2.0 s tiled vs 0.2 s naive). ``--blas-threads 0`` measures in
+   this process with the environment's setting.
 
 Quick smoke run: ``crosscheck bench flash --t 256 512 --speed-t 256``.
 """
@@ -21,6 +25,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
+import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -42,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the naive memory run for T above this (default: run all)")
     parser.add_argument("--speed-t", type=int, default=2048, metavar="T",
                         help="sequence length of the speed comparison (default 2048)")
+    parser.add_argument("--blas-threads", type=int, default=1, metavar="N",
+                        help="run the speed comparison in a fresh process with N BLAS threads "
+                             "(default 1); 0 = in this process, with the environment's setting")
     parser.add_argument("--part", choices=("memory", "speed", "all"), default="all",
                         help="which measurement to run (default all)")
     parser.add_argument("--plot", metavar="PATH", help="save a plot of peak memory vs T")
@@ -106,7 +117,7 @@ def _memory_rows(args) -> list[dict]:
         if T == 8192 and ratio is not None:
             target, met = ">= 10", ratio >= 10
         note = (f"naive skipped (T > --max-naive-t {args.max_naive_t})" if skip
-                else f"one (T, T) float32 matrix = {T * T * 4 / MIB:.0f} MiB")
+                else f"one (T, T) float32 matrix = {T * T * 4 / MIB:g} MiB")
         rows.append(_row("peak traced memory fwd+bwd", T, naive, tiled, "MiB", "naive/tiled",
                          ratio, target, met, note))
     if len(Ts) >= 2:
@@ -126,6 +137,8 @@ def _memory_rows(args) -> list[dict]:
 
 
 def _speed_rows(args) -> list[dict]:
+    if args.blas_threads > 0:
+        return _speed_rows_in_subprocess(args)
     q, k, v, dout = _inputs(args.speed_t, args.d, args.seed)
     naive = _wall_time(_naive, q, k, v, dout)
     tiled = _wall_time(_tiled, q, k, v, dout, args.block)
@@ -133,8 +146,32 @@ def _speed_rows(args) -> list[dict]:
     target, met = "-", None
     if (args.speed_t, args.d, args.block) == (2048, 64, 128):
         target, met = "<= 2", ratio <= 2
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
     return [_row("time fwd+bwd", args.speed_t, naive, tiled, "s", "tiled/naive", ratio,
-                 target, met, f"Br = Bc = {args.block}; one run after warm-up")]
+                 target, met, f"Br = Bc = {args.block}; one run after warm-up; "
+                              f"BLAS threads: {threads}")]
+
+
+def _speed_rows_in_subprocess(args) -> list[dict]:
+    """The speed rows measured in a new interpreter whose BLAS uses ``--blas-threads`` threads.
+
+    BLAS libraries read their thread count when NumPy is imported, so it is set through the
+    environment of a fresh process. The tiled version makes many small (Br, D) x (D, Bc) calls;
+    on a busy machine a multi-threaded BLAS can spend more time handing those to its threads
+    than computing them, so one thread is the steadier comparison there.
+    """
+    n = str(args.blas_threads)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
+    # the package root, so that the child imports this very checkout from any working directory
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "equivalence.bench_flash", "--part", "speed",
+           "--speed-t", str(args.speed_t), "--d", str(args.d), "--block", str(args.block),
+           "--seed", str(args.seed), "--blas-threads", "0"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"speed run with {n} BLAS thread(s) failed:\n{done.stderr}")
+    return json.loads(done.stdout)
 
 
 def _plot(path: str, Ts, peaks, D: int, block: int) -> None:
@@ -165,6 +202,8 @@ def run(args) -> list[dict]:
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive int but got "
                              f"{getattr(args, name)}")
+    if args.blas_threads < 0:
+        raise ValueError(f"--blas-threads: expected an int >= 0 but got {args.blas_threads}")
     if any(T <= 0 for T in args.t):
         raise ValueError(f"--t: expected positive sizes but got {args.t}")
     rows = []
@@ -173,3 +212,9 @@ def run(args) -> list[dict]:
     if args.part in ("speed", "all"):
         rows += _speed_rows(args)
     return rows
+
+
+if __name__ == "__main__":        # the child process of --blas-threads: rows as JSON on stdout
+    _parser = argparse.ArgumentParser(prog="python -m equivalence.bench_flash")
+    add_arguments(_parser)
+    print(json.dumps(run(_parser.parse_args())))

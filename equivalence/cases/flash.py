@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from equivalence.registry import Case, register
 from ref_numpy import attention, flash_attention
 
