@@ -53,8 +53,8 @@ def _naive_float32(causal: bool):
 
 
 def flash_gpu_case(variant: str, B: int, H: int, Hkv: int, Tq: int, Tk: int, D: int, *,
-                   causal: bool, block_q: int | None = None,
-                   block_k: int | None = None) -> Case:
+                   causal: bool, block_q: int | None = None, block_k: int | None = None,
+                   dtypes: tuple[str, ...] = ("float64", "float32")) -> Case:
     """Register ``flash_gpu/<variant>/<sizes> Br.. Bc..`` with the opencl and cupy backends."""
     tiles = {} if block_q is None else {"block_q": block_q, "block_k": block_k}
 
@@ -83,11 +83,15 @@ def flash_gpu_case(variant: str, B: int, H: int, Hkv: int, Tq: int, Tk: int, D: 
         torch=torch_fn, dout_for=("out",),
         backends={name: _kernel_backend(name, causal, block_q, block_k)
                   for name in ("opencl", "cupy")},
-        baseline32=_naive_float32(causal), gradcheck=False))
+        baseline32=_naive_float32(causal), gradcheck=False, dtypes=dtypes))
 
 
+# With Tq = Tk = 1 every probability is exactly 1, so the exact dq and dk are 0 and a float32 bar
+# relative to the reference's scale is 0: float64 only. "decode" (Tq = 1, Tk = 17) covers T = 1
+# in float32.
 #              variant          B  H Hkv   Tq   Tk    D
-flash_gpu_case("T=1",           2, 4, 2,    1,   1,  16, causal=True)
+flash_gpu_case("T=1",           2, 4, 2,    1,   1,  16, causal=True, dtypes=("float64",))
+flash_gpu_case("decode",        2, 4, 2,    1,  17,  16, causal=True, block_q=1, block_k=5)
 flash_gpu_case("full",          1, 4, 4,   17,  17,  40, causal=False, block_q=5, block_k=7)
 flash_gpu_case("causal-tq<tk",  1, 4, 1,   13,  29,  16, causal=True, block_q=6, block_k=10)
 flash_gpu_case("causal-tq>tk",  1, 4, 4,   29,  13,  64, causal=True, block_q=12, block_k=5)

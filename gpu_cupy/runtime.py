@@ -1,0 +1,211 @@
+"""One launcher interface over two runtimes: CUDA through CuPy, OpenCL through PyOpenCL (PoCL).
+
+A launcher module is written once against these functions and runs on either backend:
+
+    prog = runtime.build("opencl", "flash_attention.cu", {"HEAD_DIM": 16, ...})   # cached
+    x = runtime.to_device("opencl", np.ones((4, 16)))                # copy in
+    y = runtime.empty("opencl", (4, 16), np.float64)                 # allocate
+    runtime.launch(prog, "kernel_name", grid=(1, 4, 1), block=(128,),
+                   args=(x, y, np.int32(4), np.float64(0.5)))
+    runtime.to_host(y)                                               # read back (waits)
+
+``backend`` is ``"opencl"`` or ``"cupy"``. A grid counts blocks, as in CUDA; OpenCL's global size
+is grid * block per dimension and its local size is block. Kernel sources live in
+``gpu_cupy/kernels/`` and are written in the dialect of ``kernels/DIALECT.md``; :func:`build`
+prepends the runtime's prelude, passes the defines as ``-DNAME=VALUE`` and caches the compiled
+program by (backend, device, source text, defines), because a build takes about a second on PoCL.
+Scalar kernel arguments must be NumPy scalars (``np.int32``, ``np.float32``, ``np.float64``) so
+that their width on the device is never guessed.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("opencl", "cupy")
+KERNEL_DIR = Path(__file__).parent / "kernels"
+_PRELUDES = {"opencl": "prelude_opencl.h", "cupy": "prelude_cuda.h"}
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {list(BACKENDS)} but got {backend!r}")
+
+
+# ----------------------------------------------------------------------------- devices
+
+@dataclass(frozen=True)
+class Device:
+    """What a launcher needs to know about the device it validates against."""
+    backend: str
+    name: str
+    shared_mem_bytes: int        # static shared (OpenCL local) memory per block
+    max_threads_per_block: int
+    fp64: bool                   # float64 kernels can run
+
+
+@functools.lru_cache(maxsize=None)
+def _opencl():
+    """(context, queue, device): the first OpenCL device with cl_khr_fp64, else the first one."""
+    import pyopencl as cl
+    devices = [d for p in cl.get_platforms() for d in p.get_devices()]
+    if not devices:
+        raise RuntimeError("no OpenCL device (pip install 'pyopencl[pocl]' provides a CPU one)")
+    dev = next((d for d in devices if "cl_khr_fp64" in d.extensions), devices[0])
+    ctx = cl.Context([dev])
+    return ctx, cl.CommandQueue(ctx), dev
+
+
+@functools.lru_cache(maxsize=None)
+def device(backend: str) -> Device:
+    """The device this process launches on for ``backend`` (raises if there is none)."""
+    _check_backend(backend)
+    if backend == "opencl":
+        _, _, dev = _opencl()
+        return Device("opencl", dev.name.strip(), dev.local_mem_size, dev.max_work_group_size,
+                      "cl_khr_fp64" in dev.extensions)
+    import cupy
+    attrs = cupy.cuda.Device().attributes
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    return Device("cupy", props["name"].decode(), attrs["MaxSharedMemoryPerBlock"],
+                  attrs["MaxThreadsPerBlock"], True)
+
+
+@functools.lru_cache(maxsize=None)
+def available(backend: str, dtype=None) -> tuple[bool, str]:
+    """``(True, device description)`` or ``(False, reason)``; never raises for a known backend.
+
+    cupy: CuPy imports even without a GPU, so the answer comes from a guarded device query
+    (e.g. ``"no CUDA device: cudaErrorInsufficientDriver: CUDA driver version is insufficient
+    ..."``). opencl: PyOpenCL imports and a device exists; with ``dtype=float64`` the device must
+    also offer cl_khr_fp64.
+    """
+    _check_backend(backend)
+    if backend == "cupy":
+        try:
+            import cupy
+        except ImportError as exc:
+            return False, f"cupy is not installed ({exc})"
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # CUDARuntimeError without a driver or device
+            return False, f"no CUDA device: {exc}"
+        if count == 0:
+            return False, "no CUDA device: cudaGetDeviceCount() returned 0"
+    else:
+        try:
+            import pyopencl  # noqa: F401
+        except ImportError as exc:
+            return False, f"pyopencl is not installed ({exc}); pip install 'pyopencl[pocl]'"
+        try:
+            _opencl()
+        except Exception as exc:
+            return False, f"no OpenCL device: {exc}"
+    info = device(backend)
+    if dtype is not None and np.dtype(dtype) == np.float64 and not info.fp64:
+        return False, f"{info.name} has no float64 support (cl_khr_fp64)"
+    return True, f"{info.name} ({backend})"
+
+
+# ----------------------------------------------------------------------------- programs
+
+@dataclass
+class Program:
+    """A compiled kernel source; ``kernels`` caches the kernel objects looked up by name."""
+    backend: str
+    handle: object                       # pyopencl.Program or cupy.RawModule
+    kernels: dict = field(default_factory=dict)
+
+
+_PROGRAMS: dict[tuple, Program] = {}
+
+
+def kernel_source(backend: str, filename: str) -> str:
+    """The text compiled for ``backend``: its prelude followed by ``kernels/<filename>``."""
+    _check_backend(backend)
+    prelude = (KERNEL_DIR / _PRELUDES[backend]).read_text()
+    return prelude + "\n" + (KERNEL_DIR / filename).read_text()
+
+
+def define_options(defines: dict) -> list[str]:
+    """``{"HEAD_DIM": 64, "REAL_IS_DOUBLE": 1}`` -> ``["-DHEAD_DIM=64", "-DREAL_IS_DOUBLE=1"]``."""
+    return [f"-D{name}={value}" for name, value in sorted(defines.items())]
+
+
+def build(backend: str, filename: str, defines: dict) -> Program:
+    """Compile ``kernels/<filename>`` with ``defines`` for ``backend``'s device (cached)."""
+    source = kernel_source(backend, filename)
+    options = define_options(defines)
+    key = (backend, device(backend).name, source, tuple(options))
+    if key not in _PROGRAMS:
+        if backend == "opencl":
+            import pyopencl as cl
+            ctx, _, _ = _opencl()
+            handle = cl.Program(ctx, source).build(options=options)
+        else:
+            import cupy
+            handle = cupy.RawModule(code=source, options=tuple(options), backend="nvrtc")
+        _PROGRAMS[key] = Program(backend, handle)
+    return _PROGRAMS[key]
+
+
+# ----------------------------------------------------------------------------- arrays
+
+def to_device(backend: str, x: np.ndarray):
+    """Copy a C-contiguous NumPy array to the device (a CuPy array is passed through)."""
+    _check_backend(backend)
+    if backend == "opencl":
+        import pyopencl.array as cla
+        return cla.to_device(_opencl()[1], x)
+    import cupy
+    return cupy.ascontiguousarray(cupy.asarray(x))
+
+
+def empty(backend: str, shape: tuple, dtype) -> object:
+    """An uninitialised device array."""
+    _check_backend(backend)
+    if backend == "opencl":
+        import pyopencl.array as cla
+        return cla.empty(_opencl()[1], shape, np.dtype(dtype))
+    import cupy
+    return cupy.empty(shape, dtype=np.dtype(dtype))
+
+
+def to_host(x) -> np.ndarray:
+    """Copy a device array back to a NumPy array (waits for the kernels writing it)."""
+    return x if isinstance(x, np.ndarray) else x.get()
+
+
+# ----------------------------------------------------------------------------- launch
+
+def launch(program: Program, name: str, grid: tuple, block: tuple, args: tuple) -> None:
+    """Launch kernel ``name`` on ``grid`` blocks of ``block`` threads (asynchronous).
+
+    ``args``: device arrays from this module, or NumPy scalars for int/real parameters.
+    """
+    if not grid or not block or len(grid) > 3 or len(block) > 3:
+        raise ValueError(f"grid, block: expected 1 to 3 dimensions but got {grid}, {block}")
+    for i, a in enumerate(args):
+        if isinstance(a, (bool, int, float)) and not isinstance(a, np.generic):
+            raise TypeError(f"args[{i}]: expected a NumPy scalar (np.int32, np.float64, ...) "
+                            f"but got Python {type(a).__name__} {a!r}")
+    grid = tuple(grid) + (1,) * (3 - len(grid))
+    block = tuple(block) + (1,) * (3 - len(block))
+    if name not in program.kernels:
+        if program.backend == "opencl":
+            import pyopencl as cl
+            program.kernels[name] = cl.Kernel(program.handle, name)
+        else:
+            program.kernels[name] = program.handle.get_function(name)
+    kernel = program.kernels[name]
+    if program.backend == "opencl":
+        import pyopencl as cl
+        queue = _opencl()[1]
+        kernel.set_args(*[a if isinstance(a, np.generic) else a.data for a in args])
+        global_size = tuple(g * b for g, b in zip(grid, block))
+        cl.enqueue_nd_range_kernel(queue, kernel, global_size, block)
+    else:
+        kernel(grid, block, tuple(args))

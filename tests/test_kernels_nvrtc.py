@@ -1,0 +1,89 @@
+"""Every kernel compiles with NVRTC for sm_80 and sm_90 in both dtypes (no GPU needed), and the
+ptxas figures are parsed: registers, zero spills, shared memory equal to the launcher's budget."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from gpu_cupy import flash_attention as fa
+from gpu_cupy import nvrtc, runtime
+
+nvrtc_bindings = pytest.importorskip("cuda.bindings.nvrtc",
+                                     reason="pip install nvidia-cuda-nvrtc cuda-bindings")
+
+LOG = """ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'first' for 'sm_80'
+ptxas info    : Function properties for first
+ptxas         .     16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 4096 bytes smem, 400 bytes cmem[0]
+ptxas info    : Compile time = 3.1 ms
+ptxas info    : Compiling entry function 'second' for 'sm_80'
+ptxas info    : Function properties for second
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 12 registers, used 0 barriers, 380 bytes cmem[0]
+"""
+
+
+def test_parse_ptxas_reads_every_entry():
+    assert nvrtc.parse_ptxas(LOG) == {
+        "first": {"arch": "sm_80", "registers": 40, "stack_bytes": 16, "spill_stores": 8,
+                  "spill_loads": 4, "smem_bytes": 4096},
+        "second": {"arch": "sm_80", "registers": 12, "stack_bytes": 0, "spill_stores": 0,
+                   "spill_loads": 0, "smem_bytes": 0}}
+
+
+def test_nvrtc_library_comes_from_the_pip_package():
+    assert "nvrtc" in nvrtc.nvrtc_library()
+
+
+def test_compile_error_carries_the_log():
+    with pytest.raises(RuntimeError, match="NVRTC could not compile bad.cu"):
+        nvrtc.compile_log("KERNEL void k( { }", ["--gpu-architecture=sm_90"], "bad.cu")
+
+
+@pytest.mark.parametrize("arch", nvrtc.ARCHS)
+@pytest.mark.parametrize("dtype", nvrtc.DTYPES)
+def test_flash_attention_kernels_compile_without_spills(arch, dtype):
+    # D = 128 at the default tiles: the largest accumulators, where spills would appear first.
+    source = runtime.kernel_source("cupy", fa.KERNEL_FILE)
+    itemsize = np.dtype(dtype).itemsize
+    for pass_, kernels in (("forward", tuple(fa.FORWARD_VERSIONS.values())),
+                           ("backward", fa.BACKWARD_KERNELS)):
+        block_q, block_k = fa.default_blocks(pass_, 128, dtype)
+        defines = fa.defines(pass_, 128, block_q, block_k, dtype)
+        log = nvrtc.compile_log(source, [f"--gpu-architecture={arch}", "--ptxas-options=-v"]
+                                + runtime.define_options(defines), fa.KERNEL_FILE)
+        figures = nvrtc.parse_ptxas(log)
+        assert set(figures) == set(kernels), log
+        for name, f in figures.items():
+            assert f["arch"] == arch
+            assert 0 < f["registers"] <= 255, (name, f)
+            assert f["spill_stores"] == 0 and f["spill_loads"] == 0, (name, f)
+        # The launcher's shared-memory budget is the kernel's declared shared memory.
+        biggest = {"forward": fa.FORWARD_VERSIONS[1], "backward": fa.BACKWARD_KERNELS[1]}[pass_]
+        assert figures[biggest]["smem_bytes"] == fa.shared_bytes(pass_, 128, block_q, block_k,
+                                                                 itemsize)
+        assert figures[biggest]["smem_bytes"] <= fa.CUDA_STATIC_SHARED
+
+
+def test_kernels_report_rows(monkeypatch):
+    from equivalence import kernels_report
+    calls = []
+
+    def fake_compile_all(archs, dtypes, files):
+        calls.append((archs, dtypes, files))
+        return [{"file": "f.cu", "kernel": "k", "defines": "HEAD_DIM=8", "arch": "sm_90",
+                 "dtype": "float32", "registers": 40, "spill_stores": 0, "spill_loads": 0,
+                 "stack_bytes": 0, "smem_bytes": 4096}]
+
+    monkeypatch.setattr(nvrtc, "compile_all", fake_compile_all)
+    parser = argparse.ArgumentParser()
+    kernels_report.add_arguments(parser)
+    rows = kernels_report.run(parser.parse_args(["--arch", "sm_90", "--dtype", "float32"]))
+    assert calls == [(("sm_90",), ("float32",), None)]
+    assert rows == [{"kernel": "k", "config": "HEAD_DIM=8", "arch": "sm_90", "dtype": "float32",
+                     "registers": 40, "spill stores": 0, "spill loads": 0, "smem bytes": 4096}]
+    kernels_report.run(parser.parse_args([]))
+    assert calls[-1] == (nvrtc.ARCHS, nvrtc.DTYPES, None)
