@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from gpu_cupy import runtime
-from ref_numpy._check import check_float
+from ref_numpy._check import check_float, check_positive_int
 
 KERNEL_FILE = "flash_attention.cu"
 NUM_THREADS = 128            # threads per block for every kernel of the family
@@ -138,15 +138,6 @@ def _check_array(name: str, x, backend: str):
     return x
 
 
-def _check_block(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive int but got {type(value).__name__} "
-                        f"({value!r})")
-    if value <= 0:
-        raise ValueError(f"{name}: expected a positive int but got {value}")
-    return int(value)
-
-
 def _validate(pass_: str, backend: str, arrays: dict, causal, scale, block_q, block_k):
     """Check everything a launch depends on; return (dims, dtype, scale, block_q, block_k)."""
     if backend not in runtime.BACKENDS:
@@ -201,7 +192,8 @@ def _validate(pass_: str, backend: str, arrays: dict, causal, scale, block_q, bl
     elif block_q is None or block_k is None:
         raise ValueError(f"block_q, block_k: expected both or neither but got block_q={block_q}, "
                          f"block_k={block_k}")
-    block_q, block_k = _check_block("block_q", block_q), _check_block("block_k", block_k)
+    block_q = check_positive_int("block_q", block_q)
+    block_k = check_positive_int("block_k", block_k)
     acc = accumulators(pass_, D, block_q, block_k)
     if acc > MAX_ACCUMULATORS:
         raise ValueError(f"block_q, block_k: expected at most {MAX_ACCUMULATORS} register "

@@ -45,6 +45,20 @@ def check_int(name: str, x, *, ndim: int | None = None) -> np.ndarray:
     return x
 
 
+def check_positive_int(name: str, value) -> int:
+    """Require a positive int (a tile or block size); bools are rejected.
+
+    >>> check_positive_int("block_q", 16)
+    16
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a positive int but got {type(value).__name__} "
+                        f"({value!r})")
+    if value <= 0:
+        raise ValueError(f"{name}: expected a positive int but got {value}")
+    return int(value)
+
+
 def check_shape(name: str, x: np.ndarray, expected: tuple, letters: str | None = None) -> None:
     """Require ``x.shape == expected``; ``None`` in ``expected`` matches any size.
 

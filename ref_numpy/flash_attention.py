@@ -74,7 +74,7 @@ import math
 
 import numpy as np
 
-from ref_numpy._check import check_same_dtype, check_shape
+from ref_numpy._check import check_positive_int, check_same_dtype, check_shape
 
 _DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -96,16 +96,6 @@ def _check_array(name: str, x) -> np.ndarray:
         idx = tuple(int(i) for i in np.argwhere(np.isnan(x))[0])
         raise ValueError(f"{name}: contains NaN (first at index {idx})")
     return x
-
-
-def _check_block(name: str, value) -> int:
-    """Require a tile size that is a positive int (bools are rejected)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive int but got {type(value).__name__} "
-                        f"({value!r})")
-    if value <= 0:
-        raise ValueError(f"{name}: expected a positive int but got {value}")
-    return int(value)
 
 
 def _check_accum_dtype(accum_dtype, dtype: np.dtype) -> np.dtype:
@@ -230,7 +220,8 @@ def flash_attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, caus
     if Hkv == 0 or H % Hkv != 0:
         raise ValueError(f"k: expected a number of kv heads Hkv that divides H = {H} "
                          f"but got Hkv = {Hkv}")
-    block_q, block_k = _check_block("block_q", block_q), _check_block("block_k", block_k)
+    block_q = check_positive_int("block_q", block_q)
+    block_k = check_positive_int("block_k", block_k)
     acc_dtype = _check_accum_dtype(accum_dtype, dtype)
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal: expected a bool but got {type(causal).__name__}")

@@ -141,6 +141,13 @@ def merge_heads(o: np.ndarray) -> np.ndarray:
     return o.transpose(0, 2, 1, 3).reshape(B, T, H * D)                # (B, T, H·D)
 
 
+def _check_mask_2d(mask) -> None:
+    """The module takes a (T, T) mask shared by every batch row and head (or None)."""
+    if mask is not None and (not isinstance(mask, np.ndarray) or mask.ndim != 2):
+        raise ValueError(f"mask: expected a (T, T) array but got "
+                         f"{getattr(mask, 'shape', type(mask).__name__)}")
+
+
 def mha_forward(x, w_qkv, b_qkv, w_o, b_o, *, n_head, n_kv_head=None, causal=False,
                 key_mask=None, mask=None, scale=None):
     """Multi-head self-attention, fused: one projection, all heads in one batched attention.
@@ -163,9 +170,7 @@ def mha_forward(x, w_qkv, b_qkv, w_o, b_o, *, n_head, n_kv_head=None, causal=Fal
     if n_kv_head is None:
         n_kv_head = n_head
     H, Hkv, D = check_args(x, w_qkv, b_qkv, w_o, b_o, n_head, n_kv_head)
-    if mask is not None and (not isinstance(mask, np.ndarray) or mask.ndim != 2):
-        raise ValueError(f"mask: expected a (T, T) array but got "
-                         f"{getattr(mask, 'shape', type(mask).__name__)}")
+    _check_mask_2d(mask)
     q, k, v = project_qkv(x, w_qkv, b_qkv, H, Hkv)                    # (B, H|Hkv, T, D)
     o, attn = attention.attention_forward(q, k, v, causal=causal, key_mask=key_mask, mask=mask,
                                           scale=scale)                 # (B, H, T, D)
@@ -242,9 +247,7 @@ def mha_forward_per_head(x, w_qkv, b_qkv, w_o, b_o, *, n_head, n_kv_head=None, c
     if n_kv_head is None:
         n_kv_head = n_head
     H, Hkv, D = check_args(x, w_qkv, b_qkv, w_o, b_o, n_head, n_kv_head)
-    if mask is not None and (not isinstance(mask, np.ndarray) or mask.ndim != 2):
-        raise ValueError(f"mask: expected a (T, T) array but got "
-                         f"{getattr(mask, 'shape', type(mask).__name__)}")
+    _check_mask_2d(mask)
     y = np.zeros((x.shape[0], x.shape[1], w_o.shape[1]), dtype=x.dtype)   # (B, T, C)
     heads = []
     for h in range(H):
