@@ -94,6 +94,8 @@ def check_case(case: Case, dtype: str = "float64", backends=None, seed: int = 0,
     kernel = [b for b in ("opencl", "cupy")
               if b in wanted and b in case.backends and backend_mod.available(b)[0]]
     candidates = (["numpy"] if "numpy" in wanted else []) + kernel
+    if not candidates:  # e.g. --backend opencl on a case that has no kernel
+        return []
     rows: list[Row] = []
     rng = case_rng(case, seed + 1)
     inputs = make_inputs(case, seed, dtype)

@@ -147,3 +147,10 @@ def test_no_torch_oracle_compares_against_numpy_and_says_so():
     rows = check_case(_case((3,), torch_fn=False), "float64")
     assert all(r.passed for r in rows)
     assert {r.backend for r in rows} == {"gradcheck"}  # numpy is the reference itself
+
+
+def test_a_case_without_the_requested_backend_gives_no_rows():
+    assert check_case(_case((3,)), "float32", backends=["opencl"]) == []
+    assert check_case(_case((3,)), "float64", backends=["cupy"]) == []
+    with pytest.raises(ValueError, match="backends: unknown"):
+        check_case(_case((3,)), "float64", backends=["tpu"])

@@ -44,3 +44,21 @@ def test_run_autograd_forward_only_and_bad_arguments():
         run_autograd(lambda t: {"y": t["a"]}, {"a": np.zeros(2)}, ("q",), {"y": np.zeros(2)})
     with pytest.raises(ValueError, match=r"douts\['y'\]: expected shape \(2,\) but got \(3,\)"):
         run_autograd(lambda t: {"y": t["a"]}, {"a": np.zeros(2)}, ("a",), {"y": np.zeros(3)})
+
+
+@pytest.mark.gpu
+def test_cupy_torch_round_trip_through_dlpack_shares_memory():
+    from gpu_cupy import runtime
+    ok, why = runtime.available("cupy")
+    if not ok:
+        pytest.skip(why)
+    import cupy
+
+    from torch_bridge.convert import cupy_to_torch, torch_to_cupy
+    x = cupy.arange(6, dtype=cupy.float64).reshape(2, 3)
+    t = cupy_to_torch(x)
+    assert t.is_cuda and t.dtype == torch.float64 and tuple(t.shape) == (2, 3)
+    t[0, 0] = 42.0  # zero-copy: the CuPy array sees the write
+    assert float(x[0, 0]) == 42.0
+    y = torch_to_cupy(t)
+    assert y.data.ptr == x.data.ptr
