@@ -32,14 +32,10 @@ def _outputs(case: Case, inputs: dict) -> dict[str, np.ndarray]:
     return {n: np.asarray(outs[n], dtype=np.float64) for n in names}
 
 
-def _dot(a: dict, b: dict) -> float:
-    # Non-finite outputs (lse = -inf of a fully masked row) carry no gradient: skip them.
-    total = 0.0
-    for n in a:
-        x, y = a[n], b[n]
-        keep = np.isfinite(x) & np.isfinite(y)
-        total += float(np.sum(x[keep] * y[keep]))
-    return total
+def _dot(a: dict, b: dict, exempt: dict) -> float:
+    # Outputs that are infinite at the unperturbed point (lse = -inf of a fully masked row) carry
+    # no gradient and are skipped; a NaN anywhere else makes the result NaN, i.e. a failure.
+    return float(sum(np.sum(a[n][~exempt[n]] * b[n][~exempt[n]]) for n in a))
 
 
 def _shifted(inputs: dict, name: str, direction: np.ndarray, step: float) -> dict:
@@ -62,6 +58,14 @@ def gradcheck(case: Case, inputs: dict[str, np.ndarray], *, rng: np.random.Gener
     n_out = sum(o.size for o in outs.values())
     tol = f"fd eps={eps:g}: {atol:g}+{rtol:g}|num|"
     rows = []
+    for n, o in outs.items():
+        if np.isnan(o).any():  # the forward itself is broken: no derivative to check
+            idx = tuple(int(i) for i in np.argwhere(np.isnan(o))[0])
+            return [Row(case=case.name, backend="gradcheck", dtype="float64", tensor=name,
+                        shape=tuple(inputs[name].shape), max_abs=float("inf"),
+                        max_rel=float("inf"), tolerance=tol, fraction=float("inf"),
+                        passed=False, note=f"forward output {n} is NaN at index {idx}")
+                    for name in case.grad_wrt]
     for name in case.grad_wrt:
         x = inputs[name]
         full = x.size <= full_max and n_out <= full_max
@@ -105,10 +109,12 @@ def _full_jacobian(case, inputs, name, outs, cache, eps):
         e = e.reshape(x.shape)
         plus = _outputs(case, _shifted(inputs, name, e, eps))
         minus = _outputs(case, _shifted(inputs, name, e, -eps))
-        # -inf - -inf (lse of a fully masked row) is NaN: such outputs carry no gradient.
+        # Outputs infinite at the unperturbed point (lse = -inf of a fully masked row) carry no
+        # gradient: their differences (-inf - -inf = NaN) are set to 0. A NaN elsewhere stays
+        # and fails the check.
         with np.errstate(invalid="ignore"):
-            diff = [np.nan_to_num((plus[n] - minus[n]).ravel(), nan=0.0, posinf=0.0,
-                                  neginf=0.0) for n, _, _ in flat_outs]
+            diff = [np.where(np.isinf(outs[n]), 0.0, plus[n] - minus[n]).ravel()
+                    for n, _, _ in flat_outs]
         numeric[:, k] = np.concatenate(diff) / (2 * eps)
     analytic = np.zeros_like(numeric)
     row = 0
@@ -116,7 +122,7 @@ def _full_jacobian(case, inputs, name, outs, cache, eps):
         for j in range(size):
             douts = {m: np.zeros(s) for m, s, _ in flat_outs}
             douts[n].flat[j] = 1.0
-            if not np.isfinite(outs[n].flat[j]):
+            if np.isinf(outs[n].flat[j]):
                 row += 1
                 continue
             analytic[row] = np.asarray(case.backward(douts, cache)[name], np.float64).ravel()
@@ -137,11 +143,12 @@ def _full_jacobian(case, inputs, name, outs, cache, eps):
 def _projections(case, inputs, name, outs, cache, eps, n_proj, rng):
     x = inputs[name]
     numeric, analytic = np.zeros(n_proj), np.zeros(n_proj)
+    exempt = {n: np.isinf(o) for n, o in outs.items()}
     for p in range(n_proj):
-        u = {n: rng.standard_normal(o.shape) for n, o in outs.items()}
+        u = {n: np.where(exempt[n], 0.0, rng.standard_normal(o.shape)) for n, o in outs.items()}
         v = rng.standard_normal(x.shape)
-        plus = _dot(_outputs(case, _shifted(inputs, name, v, eps)), u)
-        minus = _dot(_outputs(case, _shifted(inputs, name, v, -eps)), u)
+        plus = _dot(_outputs(case, _shifted(inputs, name, v, eps)), u, exempt)
+        minus = _dot(_outputs(case, _shifted(inputs, name, v, -eps)), u, exempt)
         numeric[p] = (plus - minus) / (2 * eps)
         analytic[p] = float(np.sum(np.asarray(case.backward(u, cache)[name], np.float64) * v))
     return numeric, analytic, lambda k: f"projection {k} of d <outputs, u> / d {name}"

@@ -49,7 +49,6 @@ class Case:
     baseline32: BackendFn | None = None  # plain float32 implementation (default: torch float32)
     gradcheck: bool = True                           # finite differences on the NumPy backward
     dtypes: tuple[str, ...] = ("float64", "float32")
-    float_inputs: tuple[str, ...] | None = None      # inputs cast to the run dtype (None = floats)
 
     @property
     def component(self) -> str:

@@ -6,6 +6,8 @@ silently or returning NaN.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -83,3 +85,18 @@ def check_same_dtype(**arrays: np.ndarray) -> np.dtype:
             raise TypeError(f"{n}: expected dtype {first} (the dtype of {names[0]}) "
                             f"but got {arrays[n].dtype}")
     return first
+
+
+def check_scale(scale, D: int) -> float:
+    """An attention score scale: ``None`` means 1/√D; otherwise a finite real number.
+
+    >>> check_scale(None, 16)
+    0.25
+    """
+    if scale is None:
+        return 1.0 / math.sqrt(D)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
+        raise TypeError(f"scale: expected a finite float or None but got {scale!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite float or None but got {scale!r}")
+    return float(scale)

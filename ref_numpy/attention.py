@@ -66,12 +66,11 @@ checkable against an oracle that is handed the same mask. ``cache["lse"]`` is be
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ref_numpy._check import check_float, check_same_dtype, check_shape
+from ref_numpy._check import check_float, check_same_dtype, check_scale, check_shape
 
 __all__ = [
     "attention_forward", "attention_backward",
@@ -106,7 +105,7 @@ def window_mask(Tq: int, Tk: int, window: int, causal: bool = False) -> np.ndarr
            [0, 1, 1, 0],
            [0, 0, 1, 1]])
     """
-    _check_window(window)
+    check_window(window)
     pos = np.arange(Tq)[:, None] + (Tk - Tq)                            # (Tq, 1)
     j = np.arange(Tk)[None, :]
     allowed = np.abs(pos - j) < window                                 # (Tq, Tk)
@@ -201,7 +200,8 @@ class _Spec:
     drop_scale: float                # 1 / (1 − p), 1.0 without dropout
 
 
-def _check_window(window) -> None:
+def check_window(window) -> None:
+    """A sliding-window width: an int >= 1."""
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)):
         raise TypeError(f"window: expected an int >= 1 or None but got {type(window).__name__}")
     if window < 1:
@@ -260,13 +260,9 @@ def _prepare(q, k, v, *, causal, scale, mask, bias, key_mask, window, dropout_p,
         raise ValueError(f"k: expected at least one key position but got Tk = 0 (shape {k.shape})")
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal: expected a bool but got {type(causal).__name__}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
-    elif (isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer))
-          or not math.isfinite(scale)):
-        raise TypeError(f"scale: expected a finite float or None but got {scale!r}")
+    scale = check_scale(scale, D)
     if window is not None:
-        _check_window(window)
+        check_window(window)
 
     allowed = attention_mask(B, H, Tq, Tk, causal=causal, window=window, key_mask=key_mask,
                              mask=mask)
@@ -634,14 +630,14 @@ def attention_backward_einsum(dout, cache):
     dt = q.dtype.type
     p5 = p.reshape(B, Hkv, G, Tq, Tk)                                  # (B, Hkv, G, Tq, Tk)
     do5 = dout.reshape(B, Hkv, G, Tq, D)                               # (B, Hkv, G, Tq, D)
-    q5 = q.reshape(B, Hkv, G, Tq, D)
+    q5 = q.reshape(B, Hkv, G, Tq, D)                                   # (B, Hkv, G, Tq, D)
     # keep / (1 − p) as a factor, 1 without dropout
     drop5 = 1 if spec.keep is None else spec.keep.reshape(B, Hkv, G, Tq, Tk) * dt(spec.drop_scale)
-    a5 = p5 * drop5
+    a5 = p5 * drop5                                                    # (B, Hkv, G, Tq, Tk)
     dv = np.einsum("bngij,bngid->bnjd", a5, do5)                       # (B, Hkv, Tk, D)
     dp = np.einsum("bngid,bnjd->bngij", do5, v) * drop5                # (B, Hkv, G, Tq, Tk)
-    ds = p5 * (dp - np.einsum("bngij,bngij->bngi", dp, p5)[..., None])
-    dq = np.einsum("bngij,bnjd->bngid", ds, k).reshape(B, H, Tq, D) * dt(spec.scale)
+    ds = p5 * (dp - np.einsum("bngij,bngij->bngi", dp, p5)[..., None])  # (B, Hkv, G, Tq, Tk)
+    dq = np.einsum("bngij,bnjd->bngid", ds, k).reshape(B, H, Tq, D) * dt(spec.scale)  # (B,H,Tq,D)
     dk = np.einsum("bngij,bngid->bnjd", ds, q5) * dt(spec.scale)       # (B, Hkv, Tk, D)
     dbias = (None if spec.bias_shape is None
              else _reduce_to(ds.reshape(B, H, Tq, Tk), spec.bias_shape))

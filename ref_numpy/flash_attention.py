@@ -70,11 +70,10 @@ and about 1.2x (at most 1.5x) for dq.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ref_numpy._check import check_positive_int, check_same_dtype, check_shape
+from ref_numpy._check import (check_positive_int, check_same_dtype, check_scale,
+                              check_shape)
 
 _DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -225,12 +224,7 @@ def flash_attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, caus
     acc_dtype = _check_accum_dtype(accum_dtype, dtype)
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal: expected a bool but got {type(causal).__name__}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
-        raise TypeError(f"scale: expected a finite float or None but got {type(scale).__name__}")
-    elif not math.isfinite(scale):
-        raise ValueError(f"scale: expected a finite float or None but got {scale}")
+    scale = check_scale(scale, D)
     G = H // Hkv
     offset = Tk - Tq                           # bottom-right alignment of the causal staircase
 

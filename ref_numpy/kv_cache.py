@@ -29,7 +29,7 @@ import numpy as np
 
 from ref_numpy import alibi as alibi_mod
 from ref_numpy import attention, mha
-from ref_numpy._check import check_float, check_shape
+from ref_numpy._check import check_float, check_scale, check_shape
 
 
 class KVCache:
@@ -137,6 +137,10 @@ def cached_attention(q_new, k_new, v_new, cache: KVCache, *, scale=None, window=
     if q_new.dtype != cache.k.dtype:
         raise TypeError(f"q_new: expected dtype {cache.k.dtype} (the cache's) but got "
                         f"{q_new.dtype}")
+    # Every argument is checked before the cache changes: a failed step leaves it as it was.
+    check_scale(scale, D)
+    if window is not None:
+        attention.check_window(window)
     k_all, v_all = cache.append(k_new, v_new)                         # (B, Hkv, length, D)
     Tk = k_all.shape[2]
     bias = alibi_mod.alibi_bias(H, t, Tk, dtype=q_new.dtype) if alibi else None   # (1, H, t, Tk)

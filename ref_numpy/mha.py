@@ -195,6 +195,9 @@ def mha_backward(dy, cache):
     (Self-attention: X feeds Q, K and V, so dX is the sum of the three paths; the single matmul
     with the concatenated gradient performs that sum.)
 
+    Args:
+        dy: (B, T, C) upstream gradient, the dtype of x.
+        cache: from :func:`mha_forward`.
     Returns:
         dx (B, T, C), dw_qkv (C, E), db_qkv (E,) or None, dw_o (H·D, C), db_o (C,) or None.
     """

@@ -74,6 +74,10 @@ def merge_states(m_a: np.ndarray, l_a: np.ndarray, m_b: np.ndarray, l_b: np.ndar
     Returns:
         (m, l): each (...).
     """
+    for name, arr in (("l_a", l_a), ("m_b", m_b), ("l_b", l_b)):
+        if np.shape(arr) != np.shape(m_a):
+            raise ValueError(f"{name}: expected the shape of m_a {np.shape(m_a)} but got "
+                             f"{np.shape(arr)}")
     m = np.maximum(m_a, m_b)
     # rescale each partial sum to the common max; where m = -inf both sums are 0 and stay 0
     m_shift = np.where(np.isneginf(m), 0.0, m)

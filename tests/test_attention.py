@@ -387,7 +387,7 @@ R = np.random.default_rng(14)
     (dict(window=0), ValueError, r"window: expected an int >= 1 but got 0"),
     (dict(window=2.5), TypeError, r"window: expected an int >= 1 or None but got float"),
     (dict(causal=1), TypeError, r"causal: expected a bool but got int"),
-    (dict(scale=float("inf")), TypeError, r"scale: expected a finite float or None"),
+    (dict(scale=float("inf")), ValueError, r"scale: expected a finite float or None"),
     (dict(dropout_p=1.0, seed=0), ValueError,
      r"dropout_p: expected a float in \[0, 1\) but got 1.0"),
     (dict(dropout_p=0.1), ValueError, r"dropout_p = 0.1: expected a dropout_mask or a seed"),

@@ -21,6 +21,10 @@ def test_rows_at_tiny_shapes():
         assert r["candidate_s"] > 0 and r["reference_s"] > 0
         assert r["ratio"] == r["candidate_s"] / r["reference_s"]
         assert r["dtype"] == "float32"
+        if r["reference"] == "torch autograd, same math":  # the target row
+            assert r["target"] == "<= 1.5" and r["met"] == ("yes" if r["ratio"] <= 1.5 else "no")
+        else:
+            assert r["target"] == "-" and r["met"] == "-"
     assert rows[0]["shape"] == "(B, H, T, D) = (1, 2, 16, 8)"
 
 

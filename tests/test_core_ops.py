@@ -212,9 +212,12 @@ def test_float32_is_preserved_and_close_to_float64(op, shape):
     pairs = [("out", out32, out64)] + [(f"grad {n}", g32[n], g64[n]) for n in g32]
     for name, a, b in pairs:
         assert a.dtype == np.float32, f"{op} {name}: dtype {a.dtype}"
-        # a few hundred float32 roundings at most: 2e-5 relative to the tensor's scale
-        scale = max(1.0, float(np.abs(b).max()))
-        assert np.abs(a - b).max() <= 2e-5 * scale, f"{op} {name}"
+        if (op, tuple(shape), name) == ("rmsnorm", (1,), "grad x"):
+            continue  # with C = 1 the exact dx is O(eps) from O(1) terms: float64-only case
+        # a sanity bar (the 2x-baseline bar is the harness's): 2**-16 = 128 float32 epsilons
+        # of the tensor's own scale
+        scale = float(np.abs(b).max())
+        assert np.abs(a - b).max() <= 2.0 ** -16 * scale, f"{op} {name}"
 
 
 # --- known answers (hand-computed) -----------------------------------------------------------

@@ -36,7 +36,9 @@ def test_float32_within_twice_the_baseline_error(case):
     assert all(r.passed for r in rows), _failures(rows)
 
 
-def test_case_names_are_unique_and_every_component_has_cases():
-    names = [c.name for c in CASES]
-    assert len(names) == len(set(names))
-    assert CASES, "no case is registered"
+def test_every_component_has_cases():
+    components = {c.component for c in CASES}
+    expected = {"softmax", "log_softmax", "online_softmax", "cross_entropy", "rmsnorm",
+                "layernorm", "gelu", "silu", "swiglu", "linear", "embedding", "attention",
+                "flash", "flash_gpu"}
+    assert expected <= components, f"no cases for {sorted(expected - components)}"

@@ -134,6 +134,20 @@ def test_bad_query_is_an_error_and_appends_nothing(q_new, error, message):
     _unchanged(cache, k0, v0)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"window": 0}, r"window"),
+    ({"window": 2.5}, r"window"),
+    ({"scale": float("inf")}, r"scale"),
+    ({"scale": "x"}, r"scale"),
+])
+def test_bad_scale_or_window_is_an_error_and_appends_nothing(kwargs, message):
+    cache, k0, v0 = _filled_cache()
+    with pytest.raises((ValueError, TypeError), match=message):
+        kv_cache.cached_attention(np.ones((1, 2, 1, 3)), np.ones((1, 2, 1, 3)),
+                                  np.ones((1, 2, 1, 3)), cache, **kwargs)
+    _unchanged(cache, k0, v0)
+
+
 def test_reset_and_constructor_errors():
     cache, _, _ = _filled_cache()
     cache.reset()

@@ -168,6 +168,10 @@ def mha(x, w_qkv, b_qkv, w_o, b_o, *, n_head, causal=False, key_mask=None, mask=
     module = torch.nn.MultiheadAttention(C, n_head, bias=b_qkv is not None, batch_first=True,
                                          dtype=x.dtype)
     params = {"in_proj_weight": w_qkv.T, "out_proj.weight": w_o.T}
+    if (b_qkv is None) != (b_o is None):
+        raise ValueError("b_qkv, b_o: nn.MultiheadAttention has both biases or neither, but got "
+                         f"b_qkv {'None' if b_qkv is None else 'given'} and "
+                         f"b_o {'None' if b_o is None else 'given'}")
     if b_qkv is not None:
         params["in_proj_bias"] = b_qkv
         params["out_proj.bias"] = b_o
