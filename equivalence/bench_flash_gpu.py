@@ -6,7 +6,8 @@ is 4·B·H·T²·D (two matmuls of 2·T²·D per head), halved with a causal mas
 pass is 2.5x the forward (five matmuls instead of two). TFLOP/s = FLOPs / median time.
 
 - ``--backend cupy`` (a CUDA GPU): CuPy arrays stay on the device; times come from CUDA events.
-  torch runs on the GPU too when it was built with CUDA, else on the CPU (the table says which).
+  torch SDPA runs on the GPU too when ``torch.cuda.is_available()``; with a CPU-only torch its
+  columns are left empty and "torch device" says why, rather than timing the CPU at GPU sizes.
   Without a CUDA device the command stops and says so.
 - ``--backend opencl`` (PoCL on the CPU): small shapes by default; times are wall clock and
   include the copies between NumPy and the OpenCL buffers; torch runs on the CPU.
@@ -84,11 +85,19 @@ def _cuda_event_timer(fn) -> float:
     return cupy.cuda.get_elapsed_time(start, stop) / 1e3
 
 
-def _torch_times(q, k, v, dout, causal: bool, repeats: int) -> tuple[float, float, str]:
-    """(forward s, backward s, device) of torch SDPA on the same inputs."""
+def torch_device(backend: str) -> str | None:
+    """Where torch SDPA is timed next to the kernels: the CPU next to PoCL, the GPU next to CuPy,
+    and nowhere (None) next to CuPy when torch has no CUDA."""
+    import torch
+    if backend == "opencl":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def _torch_times(q, k, v, dout, causal: bool, repeats: int, device: str) -> tuple[float, float]:
+    """(forward s, backward s) of torch SDPA on the same inputs, on ``device``."""
     import torch
     import torch.nn.functional as F
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     t = [torch.from_numpy(np.asarray(x)).to(device) for x in (q, k, v, dout)]
     tq, tk, tv = (x.requires_grad_(True) for x in t[:3])
     gqa = tk.shape[1] != tq.shape[1]
@@ -111,7 +120,7 @@ def _torch_times(q, k, v, dout, causal: bool, repeats: int) -> tuple[float, floa
     bwd = _median_seconds(
         lambda: (torch.autograd.grad(out, (tq, tk, tv), t[3], retain_graph=True), sync()),
         repeats, timer)
-    return fwd, bwd, device
+    return fwd, bwd
 
 
 def run(args) -> list[dict]:
@@ -134,6 +143,7 @@ def run(args) -> list[dict]:
     repeats = max(1, getattr(args, "repeats", 5))
     version = getattr(args, "kernel_version", 1)
     timer = _cuda_event_timer if backend == "cupy" else _wall_timer
+    device = torch_device(backend)
     rows = []
     for B, H, Hkv, T, D in shapes:
         rng = np.random.default_rng(0)
@@ -155,15 +165,16 @@ def run(args) -> list[dict]:
                                                           backend=backend)
             times = (_median_seconds(forward, repeats, timer),
                      _median_seconds(backward, repeats, timer))
-            torch_fwd, torch_bwd, torch_device = _torch_times(*host, causal, repeats)
-            for pass_, t_kernel, t_torch in (("forward", times[0], torch_fwd),
-                                             ("backward", times[1], torch_bwd)):
+            torch_times = ((None, None) if device is None
+                           else _torch_times(*host, causal, repeats, device))
+            for pass_, t_kernel, t_torch in (("forward", times[0], torch_times[0]),
+                                             ("backward", times[1], torch_times[1])):
                 flops = attention_flops(B, H, T, D, causal, pass_ == "backward")
                 rows.append({"backend": backend, "B,H,Hkv,T,D": f"{B},{H},{Hkv},{T},{D}",
                              "causal": causal, "dtype": dtype.name, "pass": pass_,
                              "kernel ms": t_kernel * 1e3,
                              "kernel TFLOP/s": flops / t_kernel / 1e12,
-                             "torch ms": t_torch * 1e3,
-                             "torch TFLOP/s": flops / t_torch / 1e12,
-                             "torch device": torch_device})
+                             "torch ms": None if t_torch is None else t_torch * 1e3,
+                             "torch TFLOP/s": None if t_torch is None else flops / t_torch / 1e12,
+                             "torch device": device or "not timed: torch has no CUDA"})
     return rows

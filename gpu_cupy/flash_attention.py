@@ -21,7 +21,14 @@ that sees no key outputs zeros, has lse = -inf and passes zero gradient.
 
 Arrays: NumPy arrays with backend="opencl"; NumPy or CuPy arrays with backend="cupy" (results
 come back as the kind that went in). All inputs share one dtype, float32 or float64, and must be
-C-contiguous: a strided view is rejected rather than copied behind the caller's back.
+C-contiguous: a strided view is rejected rather than copied behind the caller's back. CuPy
+results are asynchronous, as in CuPy itself: the call returns once the kernels are queued on the
+current stream, and they are complete when the result is read (``.get()``, ``cupy.asnumpy``) or
+after ``cupy.cuda.get_current_stream().synchronize()`` (time them with CUDA events). NumPy
+results are always complete.
+
+Tile sizes are checked against CUDA's 48 KiB static shared-memory limit on every backend, PoCL
+included (its device offers far more), so that a tiling accepted on a CPU also runs on a GPU.
 """
 from __future__ import annotations
 
@@ -112,6 +119,30 @@ def nvrtc_configs(dtype) -> list[tuple[dict, tuple[str, ...]]]:
     return configs
 
 
+def check_blocks(pass_: str, D: int, block_q: int, block_k: int, dtype) -> None:
+    """Raise ValueError unless (block_q, block_k) fits the budgets of ``pass_`` on every backend:
+    at most MAX_ACCUMULATORS register accumulators per thread and at most CUDA_STATIC_SHARED
+    bytes of shared memory. The shared-memory bar is CUDA's even on PoCL, whose device allows
+    far more, so that any tiling accepted on a CPU also runs on a GPU.
+
+    >>> check_blocks("backward", 128, 24, 12, np.float64)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: block_q, block_k: the backward pass needs 79296 bytes of shared memory ...
+    """
+    acc = accumulators(pass_, D, block_q, block_k)
+    if acc > MAX_ACCUMULATORS:
+        raise ValueError(f"block_q, block_k: expected at most {MAX_ACCUMULATORS} register "
+                         f"accumulators per thread but block_q={block_q}, block_k={block_k}, "
+                         f"D={D} need {acc} in the {pass_} pass; use smaller tiles")
+    need = shared_bytes(pass_, D, block_q, block_k, np.dtype(dtype).itemsize)
+    if need > CUDA_STATIC_SHARED:
+        raise ValueError(f"block_q, block_k: the {pass_} pass needs {need} bytes of shared memory "
+                         f"with block_q={block_q}, block_k={block_k}, D={D}, {np.dtype(dtype)} "
+                         f"but at most {CUDA_STATIC_SHARED} are allowed (CUDA's static limit, "
+                         f"checked on every backend so that a tiling accepted here also runs on "
+                         f"a GPU); use smaller tiles")
+
+
 # ----------------------------------------------------------------------------- validation
 
 def _is_cupy(x) -> bool:
@@ -119,17 +150,22 @@ def _is_cupy(x) -> bool:
 
 
 def _check_array(name: str, x, backend: str):
-    """A float32/float64, 4-D (or 3-D for lse), C-contiguous array of the backend's kind."""
+    """A float32/float64, 4-D (or 3-D for lse), C-contiguous array without NaN: a NumPy array,
+    or with backend="cupy" a NumPy or a CuPy array."""
     ndim = 3 if name == "lse" else 4
     if _is_cupy(x):
         if backend != "cupy":
             raise TypeError(f"{name}: expected a numpy.ndarray for backend={backend!r} but got "
                             f"a cupy.ndarray")
+        import cupy
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"{name}: expected dtype float32 or float64 but got {x.dtype}")
         if x.ndim != ndim:
             raise ValueError(f"{name}: expected {ndim} dimensions but got {x.ndim} "
                              f"(shape {x.shape})")
+        if bool(cupy.isnan(x).any()):  # the same check as check_float's, on the device
+            idx = tuple(int(i) for i in cupy.argwhere(cupy.isnan(x))[0].get())
+            raise ValueError(f"{name}: contains NaN (first at index {idx})")
     else:
         check_float(name, x, ndim=ndim)
     if not x.flags.c_contiguous:
@@ -180,13 +216,19 @@ def _validate(pass_: str, backend: str, arrays: dict, causal, scale, block_q, bl
     if max(B, H) > _CUDA_GRID_YZ_MAX:
         raise ValueError(f"q: expected B and H at most {_CUDA_GRID_YZ_MAX} (grid dimensions) "
                          f"but got B = {B}, H = {H}")
+    # The Drow kernel's row index blockIdx.x * blockDim.x + threadIdx.x reaches B*H*Tq + threads.
+    if B * H * Tq + NUM_THREADS > _INT32_MAX:
+        raise ValueError(f"q: expected B*H*Tq + {NUM_THREADS} <= {_INT32_MAX} (a thread index "
+                         f"of the backward is an int32) but got B*H*Tq = {B * H * Tq}")
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal: expected a bool but got {type(causal).__name__} ({causal!r})")
+    finfo = np.finfo(dtype)
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     elif isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(scale):
-        raise ValueError(f"scale: expected a finite number or None but got {scale!r}")
+            or not math.isfinite(scale) or abs(float(scale)) > float(finfo.max):
+        raise ValueError(f"scale: expected a finite number representable in {dtype} "
+                         f"(|scale| <= {finfo.max}) or None but got {scale!r}")
     if block_q is None and block_k is None:
         block_q, block_k = default_blocks(pass_, D, dtype)
     elif block_q is None or block_k is None:
@@ -194,17 +236,18 @@ def _validate(pass_: str, backend: str, arrays: dict, causal, scale, block_q, bl
                          f"block_k={block_k}")
     block_q = check_positive_int("block_q", block_q)
     block_k = check_positive_int("block_k", block_k)
-    acc = accumulators(pass_, D, block_q, block_k)
-    if acc > MAX_ACCUMULATORS:
-        raise ValueError(f"block_q, block_k: expected at most {MAX_ACCUMULATORS} register "
-                         f"accumulators per thread but block_q={block_q}, block_k={block_k}, "
-                         f"D={D} need {acc} in the {pass_} pass; use smaller tiles")
+    # Tile loops compute q0 + BLOCK_Q and k0 + BLOCK_K (q0 < Tq, k0 < Tk) in int32.
+    if max(Tq + block_q, Tk + block_k) > _INT32_MAX:
+        raise ValueError(f"block_q, block_k: expected Tq + block_q and Tk + block_k <= "
+                         f"{_INT32_MAX} (tile ends are int32) but got Tq + block_q = "
+                         f"{Tq + block_q}, Tk + block_k = {Tk + block_k}")
+    check_blocks(pass_, D, block_q, block_k, dtype)
     ok, why = runtime.available(backend, dtype)
     if not ok:
         raise RuntimeError(f"backend={backend!r} is not available: {why}")
     need = shared_bytes(pass_, D, block_q, block_k, dtype.itemsize)
     limit = runtime.device(backend).shared_mem_bytes
-    if need > limit:
+    if need > limit:  # a device below CUDA's 48 KiB (some OpenCL devices have 32 KiB)
         raise ValueError(f"block_q, block_k: the {pass_} pass needs {need} bytes of shared memory "
                          f"with block_q={block_q}, block_k={block_k}, D={D}, {dtype} but the "
                          f"device allows {limit}; use smaller tiles")
@@ -237,15 +280,18 @@ def flash_attention_forward(q, k, v, *, causal: bool = False, scale: float | Non
         k: (B, Hkv, Tk, D) keys, same dtype; H % Hkv == 0.
         v: (B, Hkv, Tk, D) values, same dtype.
         causal: bottom-right aligned causal mask (query i sees key j iff j <= i + Tk - Tq).
-        scale: multiplies Q K^T; default 1 / sqrt(D).
+        scale: multiplies Q K^T, finite and representable in the input dtype; default
+            1 / sqrt(D).
         block_q, block_k: query / key rows per tile, any positive ints within the register and
-            shared-memory budgets (see ``default_blocks``); both None picks the defaults.
+            shared-memory budgets (``check_blocks``: 48 KiB of shared memory on every backend,
+            so that a tiling accepted on PoCL also runs on CUDA); both None picks the defaults.
         backend: "opencl" or "cupy".
         version: forward kernel version (FORWARD_VERSIONS).
 
     Returns:
         out: (B, H, Tq, D) and lse: (B, H, Tq) log-sum-exp of the scaled, masked scores (-inf
-        for rows that see no key), both in the input dtype.
+        for rows that see no key), both in the input dtype; CuPy arrays (still being computed
+        until read or synchronised) if CuPy arrays went in.
     """
     if version not in FORWARD_VERSIONS:
         raise ValueError(f"version: expected one of {sorted(FORWARD_VERSIONS)} but got {version!r}")
@@ -290,7 +336,8 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, causal: bool = False,
         backend: "opencl" or "cupy".
 
     Returns:
-        dq: (B, H, Tq, D), dk: (B, Hkv, Tk, D), dv: (B, Hkv, Tk, D) in the input dtype.
+        dq: (B, H, Tq, D), dk: (B, Hkv, Tk, D), dv: (B, Hkv, Tk, D) in the input dtype; CuPy
+        arrays (asynchronous, as the forward's) if CuPy arrays went in.
     """
     arrays = {"q": q, "k": k, "v": v, "out": out, "lse": lse, "dout": dout}
     (B, H, Hkv, Tq, Tk, D), dtype, scale, block_q, block_k = _validate(

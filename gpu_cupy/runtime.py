@@ -16,6 +16,11 @@ prepends the runtime's prelude, passes the defines as ``-DNAME=VALUE`` and cache
 program by (backend, device, source text, defines), because a build takes about a second on PoCL.
 Scalar kernel arguments must be NumPy scalars (``np.int32``, ``np.float32``, ``np.float64``) so
 that their width on the device is never guessed.
+
+Launches are asynchronous on both runtimes: :func:`launch` returns once the kernel is queued.
+:func:`to_host` waits for it; a CuPy array handed back to the caller without :func:`to_host` is
+complete only once it is read or the stream is synchronised
+(``cupy.cuda.get_current_stream().synchronize()``).
 """
 from __future__ import annotations
 
@@ -104,7 +109,10 @@ def available(backend: str, dtype=None) -> tuple[bool, str]:
             _opencl()
         except Exception as exc:
             return False, f"no OpenCL device: {exc}"
-    info = device(backend)
+    try:
+        info = device(backend)
+    except Exception as exc:  # e.g. an attribute query that the driver refuses
+        return False, f"the {backend} device cannot be queried: {type(exc).__name__}: {exc}"
     if dtype is not None and np.dtype(dtype) == np.float64 and not info.fp64:
         return False, f"{info.name} has no float64 support (cl_khr_fp64)"
     return True, f"{info.name} ({backend})"
@@ -188,6 +196,11 @@ def launch(program: Program, name: str, grid: tuple, block: tuple, args: tuple) 
     """
     if not grid or not block or len(grid) > 3 or len(block) > 3:
         raise ValueError(f"grid, block: expected 1 to 3 dimensions but got {grid}, {block}")
+    threads = int(np.prod(block))
+    limit = device(program.backend).max_threads_per_block
+    if threads > limit:
+        raise ValueError(f"block: expected at most {limit} threads per block on "
+                         f"{device(program.backend).name} but got {threads} for block {block}")
     for i, a in enumerate(args):
         if isinstance(a, (bool, int, float)) and not isinstance(a, np.generic):
             raise TypeError(f"args[{i}]: expected a NumPy scalar (np.int32, np.float64, ...) "

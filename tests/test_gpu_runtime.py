@@ -89,11 +89,28 @@ def test_cupy_unavailable_reason_comes_from_the_device_query(monkeypatch):
 
 
 @pytest.mark.skipif(not OPENCL_OK, reason=OPENCL_WHY)
-def test_opencl_device_info():
+def test_opencl_device_info_matches_pyopencl():
+    import pyopencl as cl
     dev = runtime.device("opencl")
-    assert dev.shared_mem_bytes > 0 and dev.max_threads_per_block >= 128
-    ok, why = runtime.available("opencl", np.float64)
-    assert ok == dev.fp64, why
+    devices = [d for p in cl.get_platforms() for d in p.get_devices()]
+    same = [d for d in devices if d.name.strip() == dev.name]
+    assert same, (dev.name, [d.name for d in devices])
+    assert dev.shared_mem_bytes == same[0].local_mem_size
+    assert dev.max_threads_per_block == same[0].max_work_group_size
+    assert dev.fp64 == ("cl_khr_fp64" in same[0].extensions.split())
+    # The runtime picks a float64 device when there is one, and then float64 is available.
+    if any("cl_khr_fp64" in d.extensions.split() for d in devices):
+        assert dev.fp64 and runtime.available("opencl", np.float64)[0]
+
+
+@pytest.mark.skipif(not OPENCL_OK, reason=OPENCL_WHY)
+def test_available_does_not_raise_when_the_device_query_fails(monkeypatch):
+    def refused(backend):
+        raise RuntimeError("attribute query refused")
+
+    monkeypatch.setattr(runtime, "device", refused)
+    assert runtime.available.__wrapped__("opencl") == (
+        False, "the opencl device cannot be queried: RuntimeError: attribute query refused")
 
 
 # ----------------------------------------------------------------------------- build and launch
@@ -134,6 +151,17 @@ def test_launch_rejects_python_scalars(reverse_file):
     with pytest.raises(TypeError, match=r"args\[3\]: expected a NumPy scalar .* but got Python "
                                         r"int 4"):
         runtime.launch(prog, "reverse_scale", (1,), (4,), (x, x, np.float32(1), 4))
+
+
+@pytest.mark.skipif(not OPENCL_OK, reason=OPENCL_WHY)
+def test_launch_rejects_more_threads_than_the_device_allows(reverse_file, monkeypatch):
+    prog = runtime.build("opencl", reverse_file, {"THREADS": 16, "GRID_X": 3})
+    x = runtime.to_device("opencl", np.zeros(16, np.float32))
+    small = runtime.Device("opencl", "a device of 8 threads", 48 * 1024, 8, True)
+    monkeypatch.setattr(runtime, "device", lambda backend: small)
+    with pytest.raises(ValueError, match=r"block: expected at most 8 threads per block on a "
+                                         r"device of 8 threads but got 16 for block \(16,\)"):
+        runtime.launch(prog, "reverse_scale", (1,), (16,), (x, x, np.float32(1), np.int32(16)))
 
 
 @pytest.mark.skipif(not OPENCL_OK, reason=OPENCL_WHY)

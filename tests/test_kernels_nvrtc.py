@@ -87,3 +87,18 @@ def test_kernels_report_rows(monkeypatch):
                      "registers": 40, "spill stores": 0, "spill loads": 0, "smem bytes": 4096}]
     kernels_report.run(parser.parse_args([]))
     assert calls[-1] == (nvrtc.ARCHS, nvrtc.DTYPES, None)
+
+
+def test_configs_fall_back_only_when_the_launcher_module_is_absent(monkeypatch):
+    def import_module(name):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(nvrtc.importlib, "import_module", import_module)
+    assert nvrtc._configs("no_launcher", "float64") == [({"REAL_IS_DOUBLE": 1}, None)]
+
+    def broken_launcher(name):  # the launcher exists but one of its own imports is missing
+        raise ModuleNotFoundError("No module named 'missing_dep'", name="missing_dep")
+
+    monkeypatch.setattr(nvrtc.importlib, "import_module", broken_launcher)
+    with pytest.raises(ModuleNotFoundError, match="missing_dep"):
+        nvrtc._configs("flash_attention", "float32")

@@ -88,14 +88,19 @@ def flash_gpu_case(variant: str, B: int, H: int, Hkv: int, Tq: int, Tk: int, D: 
 
 # With Tq = Tk = 1 every probability is exactly 1, so the exact dq and dk are 0 and a float32 bar
 # relative to the reference's scale is 0: float64 only. "decode" (Tq = 1, Tk = 17) covers T = 1
-# in float32.
-#              variant          B  H Hkv   Tq   Tk    D
-flash_gpu_case("T=1",           2, 4, 2,    1,   1,  16, causal=True, dtypes=("float64",))
-flash_gpu_case("decode",        2, 4, 2,    1,  17,  16, causal=True, block_q=1, block_k=5)
-flash_gpu_case("full",          1, 4, 4,   17,  17,  40, causal=False, block_q=5, block_k=7)
-flash_gpu_case("causal-tq<tk",  1, 4, 1,   13,  29,  16, causal=True, block_q=6, block_k=10)
-flash_gpu_case("causal-tq>tk",  1, 4, 4,   29,  13,  64, causal=True, block_q=12, block_k=5)
-flash_gpu_case("gqa-causal",    1, 4, 2,   97,  97,  64, causal=True)
-flash_gpu_case("gqa-full",      1, 4, 2,   97,  97, 128, causal=False, block_q=24, block_k=12)
-flash_gpu_case("mqa-causal",    1, 4, 1,  256, 256, 128, causal=True)
-flash_gpu_case("full",          1, 4, 4,  256, 256,  16, causal=False, block_q=40, block_k=24)
+# in float32. Tiles fit 48 KiB of shared memory in float64 (CUDA's static limit, which the
+# launcher enforces on every backend; tests/test_gpu_flash_attention.py checks this table).
+F64, BOTH = ("float64",), ("float64", "float32")
+#         variant          B  H Hkv   Tq   Tk    D  causal  block_q block_k  dtypes
+SHAPES = [("T=1",          2, 4, 2,    1,   1,  16, True,   None, None,     F64),
+          ("decode",       2, 4, 2,    1,  17,  16, True,      1,    5,     BOTH),
+          ("full",         1, 4, 4,   17,  17,  40, False,     5,    7,     BOTH),
+          ("causal-tq<tk", 1, 4, 1,   13,  29,  16, True,      6,   10,     BOTH),
+          ("causal-tq>tk", 1, 4, 4,   29,  13,  64, True,     12,    5,     BOTH),
+          ("gqa-causal",   1, 4, 2,   97,  97,  64, True,   None, None,     BOTH),
+          ("gqa-full",     1, 4, 2,   97,  97, 128, False,    12,   10,     BOTH),
+          ("mqa-causal",   1, 4, 1,  256, 256, 128, True,   None, None,     BOTH),
+          ("full",         1, 4, 4,  256, 256,  16, False,    40,   24,     BOTH)]
+for _variant, *_sizes, _causal, _block_q, _block_k, _dtypes in SHAPES:
+    flash_gpu_case(_variant, *_sizes, causal=_causal, block_q=_block_q, block_k=_block_k,
+                   dtypes=_dtypes)
