@@ -5,6 +5,7 @@
     crosscheck list [--only PATTERN]
     crosscheck bench attention|flash [options] [--json PATH]
     crosscheck kernels [--json PATH]
+    crosscheck sanitize [--only PATTERN] [--json PATH]
 
 ``run`` with no arguments is the main job: every registered case, both dtypes, on every backend
 this machine has. It exits 1 if any check fails.
@@ -24,6 +25,7 @@ BENCHES = {  # name -> module with add_arguments(parser) and run(args) -> list[d
 }
 GPU_BENCHES = {"flash": "equivalence.bench_flash_gpu"}  # used with --backend opencl|cupy
 KERNELS = "equivalence.kernels_report"
+SANITIZE = "equivalence.sanitize"
 
 
 def _backend_list(values: list[str] | None) -> list[str] | None:
@@ -143,7 +145,35 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     k.add_argument("--json", metavar="PATH")
     if argv[:1] == ["kernels"]:
         importlib.import_module(KERNELS).add_arguments(k)
+    s = sub.add_parser("sanitize", help="the kernels under Oclgrind: data races, out-of-bounds "
+                                        "accesses, divergent barriers")
+    s.add_argument("--json", metavar="PATH")
+    if argv[:1] == ["sanitize"]:
+        importlib.import_module(SANITIZE).add_arguments(s)
     return p
+
+
+def cmd_sanitize(args, console: Console) -> int:
+    from equivalence import report
+    from gpu_cupy import oclgrind
+    ok, why = oclgrind.available()
+    if not ok:
+        console.print(f"sanitize: {why}", highlight=False)
+        return 1
+    t0 = time.perf_counter()
+    rows, problems = importlib.import_module(SANITIZE).run(args)
+    elapsed = time.perf_counter() - t0
+    report.print_rows(rows, "sanitize: the kernels under Oclgrind", console)
+    for p in problems:
+        console.print(f"[red]problem:[/] {p}", highlight=False)
+    failed = sum(not r["passed"] for r in rows)
+    if getattr(args, "json", None):
+        report.write_json(args.json, {"summary": {"passed": len(rows) - failed, "failed": failed,
+                                                  "problems": problems, "seconds": elapsed},
+                                      "rows": rows})
+    console.print(f"sanitize: {len(rows) - failed} passed, {failed} failed, "
+                  f"{len(problems)} other problems, {elapsed:.1f} s", highlight=False)
+    return 1 if failed or problems or not rows else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "backend", "numpy") != "numpy":
             module = GPU_BENCHES[args.bench]
         return _run_module(module, args, console, f"bench {args.bench}")
+    if args.command == "sanitize":
+        return cmd_sanitize(args, console)
     return _run_module(KERNELS, args, console, "kernels: NVRTC ptxas figures")
 
 

@@ -19,5 +19,7 @@ Modules:
     runtime          one interface over both runtimes (``backend="opencl" | "cupy"``): availability,
                      cached builds, device arrays, launches with grid/block
     nvrtc            NVRTC compilation of every kernel for sm_80 / sm_90 and its ptxas figures
+    oclgrind         runs launches under the Oclgrind simulator and reads back its findings (data
+                     races, out-of-bounds accesses, divergent barriers)
     flash_attention  launchers of ``kernels/flash_attention.cu`` (forward, backward)
 """

@@ -131,11 +131,16 @@ class Program:
 _PROGRAMS: dict[tuple, Program] = {}
 
 
-def kernel_source(backend: str, filename: str) -> str:
-    """The text compiled for ``backend``: its prelude followed by ``kernels/<filename>``."""
+def prelude(backend: str) -> str:
+    """The text of ``backend``'s prelude (``kernels/prelude_cuda.h`` or ``prelude_opencl.h``)."""
     _check_backend(backend)
-    prelude = (KERNEL_DIR / _PRELUDES[backend]).read_text()
-    return prelude + "\n" + (KERNEL_DIR / filename).read_text()
+    return (KERNEL_DIR / _PRELUDES[backend]).read_text()
+
+
+def kernel_source(backend: str, filename: str) -> str:
+    """The text compiled for ``backend``: its prelude, a newline, then ``kernels/<filename>``
+    (an absolute path is taken as it is). Line n of the file is line n + prelude lines + 1."""
+    return prelude(backend) + "\n" + (KERNEL_DIR / filename).read_text()
 
 
 def define_options(defines: dict) -> list[str]:
