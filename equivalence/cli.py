@@ -160,8 +160,13 @@ def cmd_sanitize(args, console: Console) -> int:
     if not ok:
         console.print(f"sanitize: {why}", highlight=False)
         return 1
+    sanitize = importlib.import_module(SANITIZE)
+    if not sanitize.cases(args.only):
+        console.print(f"no sanitizer case matches --only {args.only!r}; the cases are:\n  "
+                      + "\n  ".join(c.name for c in sanitize.cases()), highlight=False)
+        return 2
     t0 = time.perf_counter()
-    rows, problems = importlib.import_module(SANITIZE).run(args)
+    rows, problems = sanitize.run(args)
     elapsed = time.perf_counter() - t0
     report.print_rows(rows, "sanitize: the kernels under Oclgrind", console)
     for p in problems:

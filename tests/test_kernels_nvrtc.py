@@ -13,6 +13,8 @@ from gpu_cupy import nvrtc, runtime
 nvrtc_bindings = pytest.importorskip("cuda.bindings.nvrtc",
                                      reason="pip install nvidia-cuda-nvrtc cuda-bindings")
 
+REGISTERS_PER_BLOCK = 64 * 1024  # 32-bit registers per block, compute capability 8.0 and 9.0
+
 LOG = """ptxas info    : 0 bytes gmem
 ptxas info    : Compiling entry function 'first' for 'sm_80'
 ptxas info    : Function properties for first
@@ -60,6 +62,9 @@ def test_flash_attention_kernels_compile_without_spills(arch, dtype):
         for name, f in figures.items():
             assert f["arch"] == arch
             assert 0 < f["registers"] <= 255, (name, f)
+            # A block of NUM_THREADS must fit the 64K registers one block may hold on sm_80 and
+            # sm_90, or the launch fails on the GPU with "too many resources requested".
+            assert f["registers"] * fa.NUM_THREADS <= REGISTERS_PER_BLOCK, (name, f)
             assert f["spill_stores"] == 0 and f["spill_loads"] == 0, (name, f)
         # The launcher's shared-memory budget is the kernel's declared shared memory.
         biggest = {"forward": fa.FORWARD_VERSIONS[1], "backward": fa.BACKWARD_KERNELS[1]}[pass_]

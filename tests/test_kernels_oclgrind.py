@@ -86,6 +86,15 @@ def test_cli_without_oclgrind_exits_1_and_says_why(monkeypatch, capsys):
     assert "Oclgrind is not installed" in capsys.readouterr().out
 
 
+def test_cli_with_a_pattern_that_matches_nothing_lists_the_cases(monkeypatch, capsys):
+    from equivalence import cli
+    monkeypatch.setattr(oclgrind, "available", lambda: (True, "/usr/lib/oclgrind"))
+    assert cli.main(["sanitize", "--only", "no-such-case"]) == 2
+    out = capsys.readouterr().out
+    assert "no sanitizer case matches --only 'no-such-case'" in out
+    assert sanitize.cases()[0].name in out
+
+
 # ----------------------------------------------------------------------------- the real run
 
 @pytest.fixture(scope="module")
