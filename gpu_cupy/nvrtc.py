@@ -57,6 +57,17 @@ def _check(result, what: str, log: str = ""):
 
 def compile_log(source: str, options: list[str], name: str = "kernel.cu") -> str:
     """Compile CUDA C ``source`` with NVRTC and return the program log (raises on errors)."""
+    return _compile(source, options, name)[0]
+
+
+def compile_ptx(source: str, options: list[str], name: str = "kernel.cu") -> str:
+    """Compile CUDA C ``source`` with NVRTC and return the PTX (raises on errors). With a
+    virtual architecture (``--gpu-architecture=compute_80``) this is what ptxas would get."""
+    return _compile(source, options, name, ptx=True)[1]
+
+
+def _compile(source: str, options: list[str], name: str, ptx: bool = False):
+    """(program log, PTX text or None) of one NVRTC compilation."""
     from cuda.bindings import nvrtc
     prog = _check(nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], []),
                   "nvrtcCreateProgram")
@@ -69,7 +80,12 @@ def compile_log(source: str, options: list[str], name: str = "kernel.cu") -> str
         log = buf.decode(errors="replace").rstrip("\x00 \n")
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise RuntimeError(f"NVRTC could not compile {name} with {options}: {err}\n{log}")
-        return log
+        if not ptx:
+            return log, None
+        size = _check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
+        buf = b" " * size
+        _check(nvrtc.nvrtcGetPTX(prog, buf), "nvrtcGetPTX")
+        return log, buf.decode(errors="replace").rstrip("\x00")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
