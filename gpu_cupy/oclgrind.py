@@ -29,8 +29,9 @@ writes its findings to the child's standard error, and :func:`parse_findings` re
 
 Oclgrind comes from Debian's package ``oclgrind`` (``apt-get install oclgrind``); the ICD
 library is looked for in ``$OCLGRIND_ICD`` and then in the directories of :data:`ICD_PATHS`.
-It interprets every instruction of every thread (roughly a million multiply-adds a second), so
-it is for small shapes: correctness of indexing and synchronisation, not of speed.
+It interprets every instruction of every thread, a few hundred thousand multiply-adds a second
+with race checking on a two-core machine, so it is for small shapes: correctness of indexing and
+synchronisation, not speed.
 """
 from __future__ import annotations
 
