@@ -82,8 +82,12 @@ def all_cases(pattern: str | None = None) -> list[Case]:
         for mod in sorted(pkgutil.iter_modules(cases.__path__), key=lambda m: m.name):
             importlib.import_module(f"{cases.__name__}.{mod.name}")
         _LOADED = True
-    out = list(_CASES.values())
-    if pattern:
-        glob = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
-        out = [c for c in out if fnmatch.fnmatchcase(c.name, glob)]
-    return out
+    return select(list(_CASES.values()), pattern)
+
+
+def select(cases: list[Case], pattern: str | None) -> list[Case]:
+    """The cases whose name matches ``pattern``: a glob if it has ``*?[``, else a substring."""
+    if not pattern:
+        return cases
+    glob = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
+    return [c for c in cases if fnmatch.fnmatchcase(c.name, glob)]

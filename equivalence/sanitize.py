@@ -24,11 +24,11 @@ minute.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import sys
 
 from equivalence.cases.flash_gpu import make_flash_gpu_case
+from equivalence.registry import select
 from gpu_cupy import oclgrind
 
 F64, BOTH = ("float64",), ("float64", "float32")
@@ -46,13 +46,9 @@ SHAPES = [("T=1",          2, 2, 1,    1,  1,  16, True,      4,    4,     F64),
 def cases(pattern: str | None = None):
     """The sanitizer's cases (the flash_gpu cases' code at the SHAPES above), filtered by a glob
     or substring of their names."""
-    out = [make_flash_gpu_case(variant, *sizes, causal=causal, block_q=bq, block_k=bk,
-                               dtypes=dtypes)
-           for variant, *sizes, causal, bq, bk, dtypes in SHAPES]
-    if pattern:
-        glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
-        out = [c for c in out if fnmatch.fnmatch(c.name, glob)]
-    return out
+    return select([make_flash_gpu_case(variant, *sizes, causal=causal, block_q=bq, block_k=bk,
+                                       dtypes=dtypes)
+                   for variant, *sizes, causal, bq, bk, dtypes in SHAPES], pattern)
 
 
 def child(pattern: str | None) -> int:
