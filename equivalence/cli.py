@@ -18,6 +18,7 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 
 BENCHES = {  # name -> module with add_arguments(parser) and run(args) -> list[dict]
     "attention": "equivalence.bench_attention",
@@ -39,29 +40,51 @@ def _backend_list(values: list[str] | None) -> list[str] | None:
     return names
 
 
+def _explain_no_rows(backend: str, cases, console: Console) -> None:
+    """Why a requested backend produced no row for the selected cases."""
+    from equivalence.registry import all_cases
+    if backend in ("opencl", "cupy"):
+        having = sorted({c.component for c in all_cases() if backend in c.backends})
+        console.print(f"--backend {backend}: none of the {len(cases)} selected case(s) has a "
+                      f"kernel for {backend}; the components with one: "
+                      f"{', '.join(having) or 'none'}", highlight=False, markup=False)
+    else:
+        console.print(f"--backend {backend}: none of the {len(cases)} selected case(s) is "
+                      f"defined in the requested dtype(s)", highlight=False, markup=False)
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an int >= 0 but got {text!r}")
+    return int(text)
+
+
 def cmd_run(args, console: Console) -> int:
     from rich.progress import Progress
 
     from equivalence import backends, report
-    from equivalence.harness import CANDIDATES, check_case
+    from equivalence.harness import CANDIDATES, check_case, tolerance_policy
     from equivalence.registry import all_cases
 
     cases = all_cases(args.only)
     if not cases:
         what = f"matches --only {args.only!r}" if args.only else "is registered"
-        console.print(f"no case {what} (see `crosscheck list`)")
+        console.print(f"no case {what} (see `crosscheck list`)", markup=False)
         return 2
     dtypes = ("float64", "float32") if args.dtype == "all" else (args.dtype,)
-    wanted = _backend_list(args.backend) or list(CANDIDATES)
+    requested = _backend_list(args.backend)
+    wanted = requested or list(CANDIDATES)
     for name in ("numpy", "torch", "opencl", "cupy"):
         ok, why = backends.available(name)
-        console.print(f"{name:>7}: {'[green]yes[/]' if ok else '[yellow]no[/]'}  {why}",
+        console.print(f"{name:>7}: {'[green]yes[/]' if ok else '[yellow]no[/]'}  {escape(why)}",
                       highlight=False)
+    for name in requested or ():
+        ok, why = backends.available(name)
+        if not ok:  # asked for by name: an error, never a silent skip
+            console.print(f"--backend {name}: not available here: {why}", highlight=False,
+                          markup=False)
+            return 2
     runnable = [b for b in wanted if backends.available(b)[0]]
-    if not runnable:
-        console.print(f"none of the requested backends {wanted} is available here: "
-                      "nothing to check")
-        return 0
     rows = []
     t0 = time.perf_counter()
     err_console = Console(stderr=True)
@@ -69,22 +92,37 @@ def cmd_run(args, console: Console) -> int:
         task = progress.add_task("checking", total=len(cases) * len(dtypes))
         for case in cases:
             for dtype in dtypes:
-                progress.update(task, description=f"{case.name} {dtype}")
+                progress.update(task, description=escape(f"{case.name} {dtype}"))
                 rows += check_case(case, dtype=dtype, backends=runnable, seed=args.seed,
                                    run_gradcheck=not args.no_gradcheck)
                 progress.advance(task)
     elapsed = time.perf_counter() - t0
-    report.print_report(rows, console, verbose=args.verbose)
-    passed, failed = report.totals(rows)
-    header = (f"{len(cases)} cases, dtypes {', '.join(dtypes)}, backends {', '.join(runnable)}, "
-              f"seed {args.seed}, {elapsed:.1f} s")
+    # the candidates that produced a row (gradcheck rows check the NumPy backward)
+    seen = {"numpy" if r.backend == "gradcheck" else r.backend for r in rows}
+    produced = [b for b in runnable if b in seen]
+    if rows:
+        report.print_report(rows, console, verbose=args.verbose)
+    passed, failed, unchecked = report.totals(rows)
+    header = (f"{len(cases)} cases, dtypes {', '.join(dtypes)}, backends "
+              f"{', '.join(produced) or 'none'}, seed {args.seed}, {elapsed:.1f} s")
     if args.json:
-        report.write_json(args.json, {"summary": {"passed": passed, "failed": failed,
-                                                  "header": header}, "rows": rows})
+        summary = {"passed": passed, "failed": failed, "unchecked": unchecked,
+                   "cases": len(cases), "seed": args.seed, "dtypes": list(dtypes),
+                   "backends": produced, "seconds": round(elapsed, 3), "header": header,
+                   **backends.environment(), "tolerances": tolerance_policy()}
+        report.write_json(args.json, {"summary": summary, "rows": rows})
     if args.markdown:
         report.write_markdown(args.markdown, rows, header)
-    console.print(header, highlight=False)
-    console.print(f"checks: {passed} passed, {failed} failed", highlight=False)
+    console.print(header, highlight=False, markup=False)
+    console.print(report.footer(rows), highlight=False, markup=False)
+    for name in requested or ():
+        if name not in produced:
+            _explain_no_rows(name, cases, console)
+            return 2
+    if passed + failed == 0:
+        console.print("no check ran: no row was compared with an independent result "
+                      f"({unchecked} unchecked)", highlight=False, markup=False)
+        return 2
     return 1 if failed else 0
 
 
@@ -92,7 +130,7 @@ def cmd_list(args, console: Console) -> int:
     from equivalence.registry import all_cases
     for case in all_cases(args.only):
         extra = f"  [{', '.join(sorted(case.backends))}]" if case.backends else ""
-        console.print(f"{case.name}{extra}", highlight=False)
+        console.print(f"{case.name}{extra}", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
@@ -114,11 +152,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="check every case against torch autograd (the main job)")
     r.add_argument("--only", help="glob or substring of case names, e.g. 'rmsnorm*'")
-    r.add_argument("--dtype", choices=("float64", "float32", "all"), default="all")
+    r.add_argument("--dtype", choices=("float64", "float32", "all"), default="all",
+                   help="float64: every copy against torch autograd at 1e-6 plus finite "
+                        "differences; float32: against torch float64 within 2x a plain float32 "
+                        "implementation's error; all (default): both")
     r.add_argument("--backend", action="append",
                    help="candidates to check: numpy, opencl, cupy (repeat or comma-separate; "
                         "default: all this machine has)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=_seed, default=0,
+                   help="draws other inputs (an int >= 0; default 0); each case's inputs depend "
+                        "only on the seed and the case name")
     r.add_argument("--json", metavar="PATH", help="write every row as JSON")
     r.add_argument("--markdown", metavar="PATH", help="write the summary as Markdown")
     r.add_argument("--verbose", action="store_true", help="one line per tensor")

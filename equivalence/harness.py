@@ -2,15 +2,24 @@
 
 ``check_case`` is the single entry point used by the CLI, the tests and the benchmarks.
 
+The reference is always the torch oracle under autograd in float64
+(``torch_bridge.autograd.run_autograd``), on the case's inputs and upstream gradients rounded
+to the run's dtype, so every passing row was compared with a result this project did not
+compute.
+
 float64
-    reference = the torch oracle under autograd (``torch_bridge.autograd.run_autograd``); each
-    candidate (numpy, opencl, cupy) is compared with it at 1e-6 + 1e-6|ref| elementwise, and the
-    NumPy backward is also checked by finite differences (``equivalence.gradcheck``).
+    each candidate (numpy, opencl, cupy) is compared with the reference at 1e-6 + 1e-6|ref|
+    elementwise, and the NumPy backward is also checked by finite differences
+    (``equivalence.gradcheck``).
 float32
-    reference = the NumPy float64 result on the *same rounded inputs and upstream gradients*; the
-    bar for each tensor is
-    2 x the error of the case's plain float32 baseline (default: the torch oracle in float32) plus
-    a rounding floor (``equivalence.compare.float32_bound``).
+    the bar for each tensor is 2 x the error of the case's plain float32 baseline (default: the
+    torch oracle in float32) plus a rounding floor (``equivalence.compare.float32_bound``). The
+    baseline is a row of its own; an error that rounding cannot explain
+    (``equivalence.compare.baseline_limit``) fails it and does not widen the bar.
+
+A case without a torch oracle has no independent reference: its rows are ``unchecked`` (the
+NumPy float64 result stands in as the reference, so a kernel that disagrees with it, or a
+non-finite value, still fails), and only the finite-difference gradcheck rows can pass.
 
 A candidate that raises produces a failing row carrying the exception text; it never stops the
 run. Inputs are drawn from ``seed`` and the case name, so a row is reproducible on its own.
@@ -22,7 +31,7 @@ import zlib
 import numpy as np
 
 from equivalence import backends as backend_mod
-from equivalence.compare import Row, compare, float32_bound
+from equivalence.compare import SANITY_EPS, Row, baseline_limit, compare, float32_bound
 from equivalence.gradcheck import gradcheck
 from equivalence.registry import Case
 
@@ -75,13 +84,23 @@ def _error_row(case: Case, backend: str, dtype: str, exc: BaseException) -> Row:
                passed=False, note=f"{type(exc).__name__}: {exc}")
 
 
+def _unchecked(rows: list[Row]) -> list[Row]:
+    """Mark rows compared with no independent result: a passing one becomes ``unchecked``."""
+    for row in rows:
+        if row.passed:
+            row.passed, row.unchecked = False, True
+            row.note = "unchecked: no oracle" + (f"; {row.note}" if row.note else "")
+    return rows
+
+
 def check_case(case: Case, dtype: str = "float64", backends=None, seed: int = 0,
                run_gradcheck: bool = True) -> list[Row]:
     """Compare every selected candidate of ``case`` with the reference; return report rows.
 
     ``backends``: names among ``numpy``, ``opencl``, ``cupy`` (None = every one this case has and
-    this machine can run). A kernel backend that is not available here is skipped silently; the
-    CLI reports availability once.
+    this machine can run). A kernel backend that this case lacks or this machine cannot run
+    gives no rows here; the CLI turns a requested backend that is unavailable, or a run without
+    a single check, into an error.
     """
     if dtype not in case.dtypes:
         return []
@@ -95,17 +114,16 @@ def check_case(case: Case, dtype: str = "float64", backends=None, seed: int = 0,
     candidates = (["numpy"] if "numpy" in wanted else []) + kernel
     if not candidates:  # e.g. --backend opencl on a case that has no kernel
         return []
-    rows: list[Row] = []
     rng = case_rng(case, seed + 1)
     inputs = make_inputs(case, seed, dtype)
     inputs64 = _upcast(inputs)
     try:
-        ref_outs, ref_cache = case.forward(inputs64)
-    except Exception as exc:  # the reference itself failed: nothing else is meaningful
+        np_outs, _ = case.forward(inputs64)
+    except Exception as exc:  # the NumPy forward failed: its outputs shape the upstream grads
         return [_error_row(case, "numpy", "float64", exc)]
     # Upstream gradients are rounded to the run dtype first, so that the float64 reference sees
     # exactly the values the low-precision candidates see.
-    douts = _make_douts(case, ref_outs, rng, dtype)
+    douts = _make_douts(case, np_outs, rng, dtype)
     douts64 = _upcast(douts)
 
     def run(backend: str, ins: dict, ds: dict):
@@ -115,24 +133,26 @@ def check_case(case: Case, dtype: str = "float64", backends=None, seed: int = 0,
             return _run_torch(case, ins, ds)
         return case.backends[backend](ins, ds)
 
+    oracle = case.torch is not None and backend_mod.available("torch")[0]
+    ref_name = "torch" if oracle else "numpy"
+    try:
+        ref = _tensors(*run(ref_name, inputs64, douts64), case)
+    except Exception as exc:
+        return [_error_row(case, ref_name, "float64", exc)]
+
+    rows: list[Row] = []
     if dtype == "float64":
-        use_torch = case.torch is not None and backend_mod.available("torch")[0]
-        ref_name = "torch" if use_torch else "numpy"
-        try:
-            ref = _tensors(*run(ref_name, inputs64, douts64), case)
-        except Exception as exc:
-            return [_error_row(case, ref_name, dtype, exc)]
-        if not use_torch and "numpy" in candidates:
-            # Nothing independent to compare with: at least every value must be finite.
+        if not oracle and "numpy" in candidates:
+            # The NumPy result is the stand-in reference: all that can be said is that it is
+            # finite.
             for name, r in ref.items():
-                row = compare(r, r, case=case.name, backend="numpy", dtype=dtype, tensor=name)
-                row.note = row.note or "no torch oracle: finiteness only"
-                rows.append(row)
+                rows += _unchecked([compare(r, r, case=case.name, backend="numpy", dtype=dtype,
+                                            tensor=name, tolerance="finite")])
         for b in candidates:
             if b == ref_name:
                 continue
-            rows += _compare_all(case, b, dtype, run, inputs, douts, ref, bounds=None,
-                                 note="" if use_torch else "no torch oracle: against numpy")
+            got = _compare_all(case, b, dtype, run, inputs, douts, ref, bounds=None)
+            rows += got if oracle else _unchecked(got)
         if run_gradcheck and case.gradcheck and "numpy" in wanted:
             try:
                 rows += gradcheck(case, inputs64, rng=case_rng(case, seed + 2))
@@ -140,49 +160,57 @@ def check_case(case: Case, dtype: str = "float64", backends=None, seed: int = 0,
                 rows.append(_error_row(case, "gradcheck", "float64", exc))
         return rows
 
-    # Low precision: float64 NumPy on the same rounded inputs is the reference.
-    try:
-        ref = _tensors(*_run_numpy(case, inputs64, douts64), case)
-    except Exception as exc:
-        return [_error_row(case, "numpy", "float64", exc)]
-    base_name = "baseline" if case.baseline32 is not None else "torch"
+    # Low precision: the bar is twice a plain same-precision implementation's error.
+    base_rows, bounds = _baseline(case, dtype, inputs, douts, ref, operands=[
+        *inputs64.values(), *douts64.values()])
+    rows += base_rows
+    for b in candidates:
+        got = _compare_all(case, b, dtype, run, inputs, douts, ref, bounds=bounds)
+        rows += got if oracle else _unchecked(got)
+    return rows
+
+
+def _baseline(case: Case, dtype: str, inputs: dict, douts: dict, ref: dict, operands: list,
+              ) -> tuple[list[Row], dict[str, float]]:
+    """The baseline's rows and the bar it sets for each tensor.
+
+    The baseline is ``case.baseline32`` or else the torch oracle run in ``dtype``. Its row passes
+    when its error is one that rounding explains (``baseline_limit``); only then does it widen
+    the bar beyond the rounding floor.
+    """
+    name = "baseline" if case.baseline32 is not None else "torch"
+    floor = {n: float32_bound(0.0, r, dtype) for n, r in ref.items()}
     try:
         if case.baseline32 is not None:
             base = _tensors(*case.baseline32(inputs, douts), case)
         elif case.torch is not None and backend_mod.available("torch")[0]:
             base = _tensors(*_run_torch(case, inputs, douts), case)
         else:
-            base = None
+            return [], floor
     except Exception as exc:
-        return [_error_row(case, base_name, dtype, exc)]
-    bounds = {}
-    for name, r in ref.items():
-        if base is None:
-            bounds[name] = float32_bound(0.0, r, dtype)
-            continue
-        if base.get(name) is None:
-            bounds[name] = float32_bound(0.0, r, dtype)
-            rows.append(Row(case=case.name, backend=base_name, dtype=dtype, tensor=name,
+        return [_error_row(case, name, dtype, exc)], floor
+    rows, bounds = [], dict(floor)
+    for n, r in ref.items():
+        if base.get(n) is None:
+            rows.append(Row(case=case.name, backend=name, dtype=dtype, tensor=n,
                             shape=tuple(np.shape(r)), max_abs=float("inf"), max_rel=float("inf"),
                             tolerance="-", fraction=float("inf"), passed=False,
                             note="missing from the baseline's results; bar is the rounding floor"))
             continue
-        b_row = compare(base[name], r, case=case.name, backend=base_name, dtype=dtype,
-                        tensor=name, bound=np.inf)
-        if b_row.passed:  # a finite baseline error defines the bar
-            bounds[name] = float32_bound(b_row.max_abs, r, dtype)
-            b_row.tolerance, b_row.fraction, b_row.note = "baseline", 0.0, "defines the bar"
+        limit = baseline_limit(r, operands, dtype)
+        row = compare(base[n], r, case=case.name, backend=name, dtype=dtype, tensor=n,
+                      bound=limit)
+        if row.passed:  # an error that rounding explains defines the bar
+            bounds[n] = float32_bound(row.max_abs, r, dtype)
+            row.note = f"defines the bar {bounds[n]:.2e}"
         else:  # a broken baseline must not widen the bar: keep the rounding floor alone
-            bounds[name] = float32_bound(0.0, r, dtype)
-            b_row.note = f"baseline failed ({b_row.note}); bar is the rounding floor"
-        rows.append(b_row)
-    for b in candidates:
-        rows += _compare_all(case, b, dtype, run, inputs, douts, ref, bounds=bounds,
-                             note="" if base is not None else "no baseline: rounding floor only")
-    return rows
+            row.note = (f"baseline error beyond {SANITY_EPS} eps x max|ref, inputs, douts|"
+                        f"{'; ' + row.note if row.note else ''}; bar is the rounding floor")
+        rows.append(row)
+    return rows, bounds
 
 
-def _compare_all(case, backend, dtype, run, inputs, douts, ref, *, bounds, note):
+def _compare_all(case, backend, dtype, run, inputs, douts, ref, *, bounds):
     try:
         got = _tensors(*run(backend, inputs, douts), case)
     except Exception as exc:
@@ -207,7 +235,28 @@ def _compare_all(case, backend, dtype, run, inputs, douts, ref, *, bounds, note)
         else:
             row = compare(g, r, case=case.name, backend=backend, dtype=dtype, tensor=name,
                           bound=bounds[name])
-        if note and not row.note:
-            row.note = note
         rows.append(row)
     return rows
+
+
+def tolerance_policy() -> dict:
+    """The tolerances of every row kind, as numbers and as the rule they enter, for reports."""
+    from equivalence import compare as c
+    from equivalence import gradcheck as g
+    return {
+        "float64": {"atol": c.ATOL64, "rtol": c.RTOL64,
+                    "rule": "|got - ref| <= atol + rtol |ref| elementwise; ref = torch autograd "
+                            "in float64"},
+        "low_precision": {
+            "baseline_factor": 2.0, "floor_eps": c.FLOOR_EPS, "sanity_eps": c.SANITY_EPS,
+            "eps": {d: float(np.finfo(d).eps) for d in ("float32",)},
+            "rule": "max|got - ref| <= baseline_factor x max|baseline - ref| + floor_eps x eps "
+                    "x max|ref|; ref = torch autograd in float64 on the same rounded inputs; "
+                    "the baseline row fails (and the bar is the floor alone) when its error "
+                    "exceeds sanity_eps x eps x max(|ref|, |inputs|, |douts|)"},
+        "gradcheck": {"eps": g.EPS, "atol": g.ATOL, "rtol": g.RTOL, "full_jacobian_max": g.FULL_MAX,
+                      "rule": "|analytic - numeric| <= atol + rtol |numeric|, central "
+                              "differences of the float64 NumPy forward"},
+        "unchecked": "a row with no torch oracle to compare with; never counts as passed; fails "
+                     "when non-finite or when a kernel disagrees with the NumPy result",
+    }

@@ -2,7 +2,9 @@
 
 The terminal table has one line per (case, backend, dtype) with the achieved max error and the
 share of the tolerance used by its worst tensor; every failure is then listed with the tensor,
-its shape, the worst index and both values.
+its shape, the worst index and both values. Every string is printed as text, never as rich
+markup (case names hold brackets), and the numeric columns never wrap or shrink: on a narrow
+terminal the case name folds instead.
 """
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import json
 import math
 from collections import OrderedDict
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from equivalence.compare import Row
@@ -23,11 +27,13 @@ def summarize(rows: list[Row]) -> list[dict]:
         groups.setdefault((r.case, r.backend, r.dtype), []).append(r)
     out = []
     for (case, backend, dtype), rs in groups.items():
-        worst = max(rs, key=lambda r: (not r.passed, r.fraction))
+        worst = max(rs, key=lambda r: (r.status == "FAIL", r.fraction))
+        statuses = {r.status for r in rs}
+        status = next(s for s in ("FAIL", "unchecked", "pass") if s in statuses)
         out.append(dict(case=case, backend=backend, dtype=dtype, tensors=len(rs),
                         max_abs=max(r.max_abs for r in rs), worst_tensor=worst.tensor,
                         fraction=worst.fraction, tolerance=worst.tolerance,
-                        passed=all(r.passed for r in rs)))
+                        passed=status == "pass", status=status))
     return out
 
 
@@ -45,40 +51,52 @@ def print_rows(rows: list[dict], title: str, console: Console | None = None) -> 
     if not rows:
         console.print(f"{title}: no rows")
         return
-    table = Table(title=title, show_lines=False)
+    table = Table(title=escape(title), show_lines=False)
     for key in rows[0]:
-        table.add_column(key, justify="right" if isinstance(rows[0][key], (int, float))
-                         and not isinstance(rows[0][key], bool) else "left")
+        numeric = isinstance(rows[0][key], (int, float)) and not isinstance(rows[0][key], bool)
+        table.add_column(escape(str(key)), justify="right" if numeric else "left",
+                         no_wrap=numeric, overflow="fold")
     for r in rows:
-        table.add_row(*(_fmt(v) for v in r.values()))
+        table.add_row(*(escape(_fmt(v)) for v in r.values()))
     console.print(table)
+
+
+STATUS_STYLE = {"pass": "green", "FAIL": "bold red", "unchecked": "yellow"}
+# (header, justify, may wrap): only the case name and the tensor name fold on a narrow terminal
+REPORT_COLUMNS = (("case", "left", True), ("backend", "left", False), ("dtype", "left", False),
+                  ("n", "right", False), ("max abs err", "right", False),
+                  ("worst tensor", "left", True), ("tol used", "right", False),
+                  ("result", "left", False))
 
 
 def print_report(rows: list[Row], console: Console | None = None, verbose: bool = False) -> None:
+    """The equivalence table (one line per case, backend and dtype; ``verbose``: per tensor),
+    then one line per failure. ``n`` is the number of tensors compared; ``tol used`` is the
+    worst tensor's share of its tolerance (for a baseline row: of the limit that rounding
+    explains)."""
     console = console or Console()
-    table = Table(title="crosscheck: equivalence report")
-    for col in ("case", "backend", "dtype", "tensors", "max abs err", "worst tensor",
-                "tol used", "result"):
-        table.add_column(col, justify="right" if col in ("tensors", "max abs err", "tol used")
-                         else "left")
+    table = Table(title="crosscheck: equivalence report", box=box.SIMPLE_HEAD, show_edge=False)
+    for header, justify, wraps in REPORT_COLUMNS:
+        table.add_column(header, justify=justify, no_wrap=not wraps, overflow="fold")
     items = ([dict(case=r.case, backend=r.backend, dtype=r.dtype, tensors=1, max_abs=r.max_abs,
-                   worst_tensor=r.tensor, fraction=r.fraction, passed=r.passed) for r in rows]
+                   worst_tensor=r.tensor, fraction=r.fraction, status=r.status) for r in rows]
              if verbose else summarize(rows))
     for s in items:
-        table.add_row(s["case"], s["backend"], s["dtype"], str(s["tensors"]),
-                      _fmt(s["max_abs"]), s["worst_tensor"],
-                      "-" if s["backend"] in ("torch", "baseline") and s["passed"]
-                      and s["fraction"] == 0.0 else f"{s['fraction']:.1e}",
-                      "[green]pass[/]" if s["passed"] else "[bold red]FAIL[/]")
+        status = s["status"]
+        table.add_row(escape(s["case"]), escape(s["backend"]), s["dtype"], str(s["tensors"]),
+                      _fmt(s["max_abs"]), escape(s["worst_tensor"]), f"{s['fraction']:.1e}",
+                      f"[{STATUS_STYLE[status]}]{status}[/]")
     console.print(table)
-    failures = [r for r in rows if not r.passed]
-    for r in failures:
-        console.print(f"[red]FAIL[/] {r.describe()}", highlight=False, soft_wrap=True)
+    for r in rows:
+        if r.status == "FAIL":
+            console.print(f"[red]FAIL[/] {escape(r.describe())}", highlight=False, soft_wrap=True)
 
 
-def totals(rows: list[Row]) -> tuple[int, int]:
-    passed = sum(r.passed for r in rows)
-    return passed, len(rows) - passed
+def totals(rows: list[Row]) -> tuple[int, int, int]:
+    """(passed, failed, unchecked) row counts."""
+    passed = sum(r.status == "pass" for r in rows)
+    unchecked = sum(r.status == "unchecked" for r in rows)
+    return passed, len(rows) - passed - unchecked, unchecked
 
 
 def _clean(v):
@@ -102,6 +120,18 @@ def write_json(path: str, payload) -> None:
         f.write("\n")
 
 
+def footer(rows: list[Row]) -> str:
+    """``checks: P passed, F failed`` and, when there are any, the unchecked rows."""
+    p, f, u = totals(rows)
+    extra = f", {u} unchecked (no oracle)" if u else ""
+    return f"checks: {p} passed, {f} failed{extra}"
+
+
+def _md(text: str) -> str:
+    """Text for a Markdown table cell: ``|`` escaped."""
+    return text.replace("|", "\\|")
+
+
 def write_markdown(path: str, rows: list[Row], header: str = "") -> None:
     lines = ["# crosscheck equivalence report", ""]
     if header:
@@ -109,13 +139,13 @@ def write_markdown(path: str, rows: list[Row], header: str = "") -> None:
     lines += ["| case | backend | dtype | max abs err | worst tensor | tol used | result |",
               "|---|---|---|---:|---|---:|---|"]
     for s in summarize(rows):
-        lines.append(f"| {s['case']} | {s['backend']} | {s['dtype']} | {_fmt(s['max_abs'])} | "
-                     f"{s['worst_tensor']} | {s['fraction']:.1e} | "
-                     f"{'pass' if s['passed'] else '**FAIL**'} |")
-    fails = [r for r in rows if not r.passed]
+        status = "**FAIL**" if s["status"] == "FAIL" else s["status"]
+        lines.append(f"| {_md(s['case'])} | {s['backend']} | {s['dtype']} | "
+                     f"{_fmt(s['max_abs'])} | {_md(s['worst_tensor'])} | {s['fraction']:.1e} | "
+                     f"{status} |")
+    fails = [r for r in rows if r.status == "FAIL"]
     if fails:
-        lines += ["", "## Failures", ""] + [f"- {r.describe()}" for r in fails]
-    p, f = totals(rows)
-    lines += ["", f"checks: {p} passed, {f} failed", ""]
+        lines += ["", "## Failures", ""] + [f"- {_md(r.describe())}" for r in fails]
+    lines += ["", footer(rows), ""]
     with open(path, "w") as fh:
         fh.write("\n".join(lines))

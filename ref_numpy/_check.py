@@ -3,6 +3,11 @@
 Every public op calls these before it computes anything, so that bad input fails loudly with a
 message of the form ``"x: expected shape (B, T, 64) but got (2, 3, 65)"`` instead of broadcasting
 silently or returning NaN.
+
+Caches: every ``*_forward`` puts ``"op": "<its own name>"`` in the cache dict it returns, and every
+``*_backward`` calls :func:`check_cache` before it reads any other key, so that a cache handed to
+the wrong backward is a TypeError naming both ops instead of a KeyError or a silently wrong
+gradient.
 """
 from __future__ import annotations
 
@@ -59,6 +64,37 @@ def check_positive_int(name: str, value) -> int:
     if value <= 0:
         raise ValueError(f"{name}: expected a positive int but got {value}")
     return int(value)
+
+
+def check_nonneg_int(name: str, value) -> int:
+    """Require an int >= 0 (a sequence length, a seed); bools are rejected.
+
+    >>> check_nonneg_int("Tq", 0)
+    0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= 0 but got {type(value).__name__} "
+                        f"({value!r})")
+    if value < 0:
+        raise ValueError(f"{name}: expected an int >= 0 but got {value}")
+    return int(value)
+
+
+def check_cache(cache, op: str) -> None:
+    """Require ``cache`` to be the dict returned by the forward named ``op`` (its "op" entry).
+
+    >>> check_cache({"op": "silu_forward"}, "silu_forward")
+    >>> check_cache({"op": "gelu_forward"}, "silu_forward")
+    Traceback (most recent call last):
+    ...
+    TypeError: cache: expected the cache of silu_forward but got the cache of gelu_forward
+    """
+    if not isinstance(cache, dict) or "op" not in cache:
+        got = "a dict without an 'op' entry" if isinstance(cache, dict) else type(cache).__name__
+        raise TypeError(f"cache: expected the cache of {op} (a dict from that function) "
+                        f"but got {got}")
+    if cache["op"] != op:
+        raise TypeError(f"cache: expected the cache of {op} but got the cache of {cache['op']}")
 
 
 def check_shape(name: str, x: np.ndarray, expected: tuple, letters: str | None = None) -> None:

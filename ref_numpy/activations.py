@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, ndtr
 
-from ref_numpy._check import check_float, check_same_dtype, check_shape
+from ref_numpy._check import check_cache, check_float, check_same_dtype, check_shape
 
 GELU_FORMS = ("none", "tanh")   # torch's names for the exact and the tanh-approximate form
 _SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
@@ -49,7 +49,8 @@ def gelu_forward(x: np.ndarray, approximate: str = "none") -> tuple[np.ndarray, 
         approximate: "none" (erf form) or "tanh".
     Returns:
         out: (...) like x.
-        cache: {"x": x, "approximate": str} -- the backward recomputes Phi / sigmoid (cheap).
+        cache: {"op": "gelu_forward", "x": x, "approximate": str} -- the backward recomputes
+            Phi / sigmoid (cheap).
     """
     check_float("x", x)
     if approximate not in GELU_FORMS:
@@ -60,7 +61,7 @@ def gelu_forward(x: np.ndarray, approximate: str = "none") -> tuple[np.ndarray, 
         # 0.5 (1 + tanh(u)) = sigmoid(2u)
         u = _SQRT_2_OVER_PI * (x + _KAPPA * x * x * x)
         y = x * expit(2.0 * u)
-    return y, {"x": x, "approximate": approximate}
+    return y, {"op": "gelu_forward", "x": x, "approximate": approximate}
 
 
 def gelu_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
@@ -81,6 +82,7 @@ def gelu_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
     Returns:
         dx: (...) like x.
     """
+    check_cache(cache, "gelu_forward")
     x = cache["x"]
     _check_dout(dout, x)
     if cache["approximate"] == "none":
@@ -100,11 +102,11 @@ def silu_forward(x: np.ndarray) -> tuple[np.ndarray, dict]:
         x: (...) float32 or float64.
     Returns:
         out: (...) like x.
-        cache: {"x": x, "sig": sigmoid(x)}.
+        cache: {"op": "silu_forward", "x": x, "sig": sigmoid(x)}.
     """
     check_float("x", x)
     sig = expit(x)
-    return x * sig, {"x": x, "sig": sig}
+    return x * sig, {"op": "silu_forward", "x": x, "sig": sig}
 
 
 def silu_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
@@ -119,6 +121,7 @@ def silu_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
     Returns:
         dx: (...) like x.
     """
+    check_cache(cache, "silu_forward")
     x, sig = cache["x"], cache["sig"]
     _check_dout(dout, x)
     return dout * sig * (1.0 + x * (1.0 - sig))

@@ -21,6 +21,10 @@ argument checks and the mask conventions below:
     attention_forward_loop / attention_backward_loop       loops over (b, h, i, j): read this first
     attention_forward_einsum / attention_backward_einsum   the same math as einsum index equations
 
+The three caches hold the same entries except ``cache["op"]``, the name of the forward that made
+it: each backward accepts only its own forward's cache (another one is a TypeError naming both),
+so a pairing mistake cannot pass unnoticed (no caller crosses the forms).
+
 Mask conventions (every boolean mask in this module means True = "may attend", as the boolean
 ``attn_mask`` of ``torch.nn.functional.scaled_dot_product_attention``):
 
@@ -70,7 +74,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ref_numpy._check import check_float, check_same_dtype, check_scale, check_shape
+from ref_numpy._check import (check_cache, check_float, check_nonneg_int, check_same_dtype,
+                              check_scale, check_shape)
 
 __all__ = [
     "attention_forward", "attention_backward",
@@ -90,7 +95,10 @@ def causal_mask(Tq: int, Tk: int) -> np.ndarray:
     >>> causal_mask(2, 3).astype(int)
     array([[1, 1, 0],
            [1, 1, 1]])
+
+    Tq and Tk are ints >= 0.
     """
+    Tq, Tk = check_nonneg_int("Tq", Tq), check_nonneg_int("Tk", Tk)
     i = np.arange(Tq)[:, None]
     j = np.arange(Tk)[None, :]
     return j <= i + (Tk - Tq)                                          # (Tq, Tk)
@@ -104,7 +112,10 @@ def window_mask(Tq: int, Tk: int, window: int, causal: bool = False) -> np.ndarr
            [1, 1, 0, 0],
            [0, 1, 1, 0],
            [0, 0, 1, 1]])
+
+    Tq and Tk are ints >= 0, window an int >= 1.
     """
+    Tq, Tk = check_nonneg_int("Tq", Tq), check_nonneg_int("Tk", Tk)
     check_window(window)
     pos = np.arange(Tq)[:, None] + (Tk - Tq)                            # (Tq, 1)
     j = np.arange(Tk)[None, :]
@@ -118,7 +129,10 @@ def key_mask_from_lengths(lengths, Tk: int) -> np.ndarray:
     >>> key_mask_from_lengths([3, 1], 4).astype(int)
     array([[1, 1, 1, 0],
            [1, 0, 0, 0]])
+
+    Tk is an int >= 0; lengths a 1-D sequence of ints in [0, Tk].
     """
+    Tk = check_nonneg_int("Tk", Tk)
     lengths = np.asarray(lengths)
     if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
         raise TypeError(f"lengths: expected a 1-D sequence of integers but got dtype "
@@ -134,8 +148,20 @@ def dropout_keep_mask(shape: tuple, p: float, seed: int) -> np.ndarray:
 
     The draw is ``rng.random(shape) >= p`` in float64, so a seed gives the same mask for any
     dtype of the attention inputs.
+
+    Args:
+        shape: a tuple of ints >= 0, e.g. (B, H, Tq, Tk).
+        p: drop probability in [0, 1).
+        seed: an int >= 0.
+    Returns:
+        bool array of ``shape``.
     """
+    if not isinstance(shape, tuple):
+        raise TypeError(f"shape: expected a tuple of ints >= 0 but got {type(shape).__name__}")
+    for axis, n in enumerate(shape):
+        check_nonneg_int(f"shape[{axis}]", n)
     _check_dropout_p(p)
+    seed = check_nonneg_int("seed", seed)
     return np.random.default_rng(seed).random(shape) >= p
 
 
@@ -145,7 +171,7 @@ def attention_mask(B: int, H: int, Tq: int, Tk: int, *, causal: bool = False,
     """Combine causal, window, key-padding and boolean masks into one "may attend" mask.
 
     Args:
-        B, H, Tq, Tk: sizes the masks are checked against.
+        B, H, Tq, Tk: ints >= 0, the sizes the masks are checked against.
         causal, window, key_mask, mask: as in :func:`attention_forward` (a float ``mask`` is
             additive and is not part of this boolean mask).
 
@@ -153,6 +179,8 @@ def attention_mask(B: int, H: int, Tq: int, Tk: int, *, causal: bool = False,
         bool array broadcastable to (B, H, Tq, Tk) — each axis is either full or 1 — with True
         where the query may attend the key; ``None`` when nothing is masked.
     """
+    for name, n in (("B", B), ("H", H), ("Tq", Tq), ("Tk", Tk)):
+        check_nonneg_int(name, n)
     allowed = None
 
     def both(a, b):
@@ -373,13 +401,14 @@ def attention_forward(q, k, v, *, causal=False, scale=None, mask=None, bias=None
         window: int >= 1, keys with |p_i − j| < window only (see the module docstring).
         dropout_p: drop probability on the attention probabilities, in [0, 1).
         dropout_mask: (B, H, Tq, Tk) bool keep-mask (True = keep); requires dropout_p > 0.
-        seed: int, draws the keep-mask with :func:`dropout_keep_mask` instead.
+        seed: int >= 0, draws the keep-mask with :func:`dropout_keep_mask` instead.
 
     Returns:
         out: (B, H, Tq, D), dtype of q; zeros on fully masked rows.
-        cache: dict with "q", "k", "v", "out", "p" (B, H, Tq, Tk) probabilities before dropout,
-            "lse" (B, H, Tq) log-sum-exp of the scaled masked scores (−inf on fully masked rows),
-            "keep" (the keep-mask or None), "spec" (checked arguments: scale, masks, sizes).
+        cache: dict with "op" ("attention_forward"), "q", "k", "v", "out", "p" (B, H, Tq, Tk)
+            probabilities before dropout, "lse" (B, H, Tq) log-sum-exp of the scaled masked
+            scores (−inf on fully masked rows), "keep" (the keep-mask or None), "spec" (checked
+            arguments: scale, masks, sizes).
     """
     spec = _prepare(q, k, v, causal=causal, scale=scale, mask=mask, bias=bias, key_mask=key_mask,
                     window=window, dropout_p=dropout_p, dropout_mask=dropout_mask, seed=seed)
@@ -395,8 +424,8 @@ def attention_forward(q, k, v, *, causal=False, scale=None, mask=None, bias=None
     a = p if spec.keep is None else p * spec.keep * p.dtype.type(spec.drop_scale)
     # O = A V
     out = np.matmul(a.reshape(B, Hkv, G * Tq, Tk), v).reshape(B, H, Tq, D)   # (B, H, Tq, D)
-    cache = {"q": q, "k": k, "v": v, "out": out, "p": p, "lse": lse, "keep": spec.keep,
-             "spec": spec}
+    cache = {"op": "attention_forward", "q": q, "k": k, "v": v, "out": out, "p": p, "lse": lse,
+             "keep": spec.keep, "spec": spec}
     return out, cache
 
 
@@ -440,6 +469,7 @@ def attention_backward(dout, cache):
         dq (B, H, Tq, D), dk (B, Hkv, Tk, D), dv (B, Hkv, Tk, D), and dbias with the shape of
         ``bias`` (None when no bias was given).
     """
+    check_cache(cache, "attention_forward")
     _check_dout(dout, cache)
     spec = cache["spec"]
     q, k, v, p = cache["q"], cache["k"], cache["v"], cache["p"]
@@ -501,7 +531,8 @@ def attention_forward_loop(q, k, v, *, causal=False, scale=None, mask=None, bias
                            key_mask=None, window=None, dropout_p=0.0, dropout_mask=None,
                            seed=None):
     """Attention with explicit loops over batch, head, query and key: same math, same arguments
-    and same ``cache`` keys as :func:`attention_forward`. O(B·H·Tq·Tk) Python steps.
+    and same ``cache`` entries as :func:`attention_forward`, except "op": "attention_forward_loop"
+    (only :func:`attention_backward_loop` accepts it). O(B·H·Tq·Tk) Python steps.
 
     For each (b, h, i):   s_j = scale · q_i·k_j + bias_ij  (or −inf when masked)
                           p_j = exp(s_j − m) / Σ exp(s − m),  m = max_j s_j
@@ -535,8 +566,8 @@ def attention_forward_loop(q, k, v, *, causal=False, scale=None, mask=None, bias
                     if spec.keep is not None:
                         a_ij = a_ij * spec.keep[b, h, i, j] * spec.drop_scale
                     out[b, h, i] += a_ij * v[b, n, j]
-    cache = {"q": q, "k": k, "v": v, "out": out, "p": p_all, "lse": lse, "keep": spec.keep,
-             "spec": spec}
+    cache = {"op": "attention_forward_loop", "q": q, "k": k, "v": v, "out": out, "p": p_all,
+             "lse": lse, "keep": spec.keep, "spec": spec}
     return out, cache
 
 
@@ -549,9 +580,13 @@ def attention_backward_loop(dout, cache):
         dq_i += scale Σ_j dS_j k_j ;  dk_j += scale dS_j q_i ;  dv_j += A_j dO_i
     The ``+=`` into dk[b, n] and dv[b, n] from every query head of the group is the GQA sum.
 
+    Args:
+        dout: (B, H, Tq, D), the gradient of the loss w.r.t. ``out``.
+        cache: from :func:`attention_forward_loop` (only).
     Returns:
         (dq, dk, dv, dbias) as :func:`attention_backward`.
     """
+    check_cache(cache, "attention_forward_loop")
     _check_dout(dout, cache)
     spec = cache["spec"]
     q, k, v, p_all = cache["q"], cache["k"], cache["v"], cache["p"]
@@ -589,7 +624,8 @@ def attention_backward_loop(dout, cache):
 def attention_forward_einsum(q, k, v, *, causal=False, scale=None, mask=None, bias=None,
                              key_mask=None, window=None, dropout_p=0.0, dropout_mask=None,
                              seed=None):
-    """Attention as einsum equations; same math, arguments, ``cache`` as :func:`attention_forward`.
+    """Attention as einsum equations; same math, arguments, ``cache`` as :func:`attention_forward`
+    except "op": "attention_forward_einsum" (only :func:`attention_backward_einsum` accepts it).
 
         S[b,n,g,i,j] = scale · Σ_d Q[b,n,g,i,d] K[b,n,j,d]
         O[b,n,g,i,d] = Σ_j A[b,n,g,i,j] V[b,n,j,d]
@@ -606,8 +642,8 @@ def attention_forward_einsum(q, k, v, *, causal=False, scale=None, mask=None, bi
     a = p if spec.keep is None else p * spec.keep * p.dtype.type(spec.drop_scale)
     a5 = a.reshape(B, Hkv, G, Tq, Tk)                                  # (B, Hkv, G, Tq, Tk)
     out = np.einsum("bngij,bnjd->bngid", a5, v).reshape(B, H, Tq, D)   # (B, H, Tq, D)
-    cache = {"q": q, "k": k, "v": v, "out": out, "p": p, "lse": lse, "keep": spec.keep,
-             "spec": spec}
+    cache = {"op": "attention_forward_einsum", "q": q, "k": k, "v": v, "out": out, "p": p,
+             "lse": lse, "keep": spec.keep, "spec": spec}
     return out, cache
 
 
@@ -620,9 +656,13 @@ def attention_backward_einsum(dout, cache):
         dQ[b,n,g,i,d] = scale Σ_j dS[b,n,g,i,j] K[b,n,j,d]
         dK[b,n,j,d]   = scale Σ_{g,i} dS[b,n,g,i,j] Q[b,n,g,i,d]
 
+    Args:
+        dout: (B, H, Tq, D), the gradient of the loss w.r.t. ``out``.
+        cache: from :func:`attention_forward_einsum` (only).
     Returns:
         (dq, dk, dv, dbias) as :func:`attention_backward`.
     """
+    check_cache(cache, "attention_forward_einsum")
     _check_dout(dout, cache)
     spec = cache["spec"]
     q, k, v, p = cache["q"], cache["k"], cache["v"], cache["p"]

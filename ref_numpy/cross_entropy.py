@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from ref_numpy import softmax
-from ref_numpy._check import check_float, check_int, check_same_dtype, check_shape
+from ref_numpy._check import (check_cache, check_float, check_int, check_same_dtype,
+                              check_shape)
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -40,8 +41,9 @@ def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, *, ignore_ind
         reduction: "mean" (over non-ignored positions; 0 if there are none), "sum" or "none".
     Returns:
         loss: () for "mean"/"sum", (N, d...) for "none"; dtype of logits.
-        cache: {"logp": (N, C, d...) log-probabilities, "targets": (N, d...) with ignored entries
-            replaced by 0, "valid": (N, d...) bool, "reduction": str, "n_valid": int}.
+        cache: {"op": "cross_entropy_forward", "logp": (N, C, d...) log-probabilities,
+            "targets": (N, d...) with ignored entries replaced by 0, "valid": (N, d...) bool,
+            "reduction": str, "n_valid": int}.
     """
     check_float("logits", logits)
     if logits.ndim < 2:
@@ -75,8 +77,8 @@ def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, *, ignore_ind
     else:
         # mean over non-ignored positions; an all-ignored batch gives 0 (torch: NaN)
         loss = np.asarray(loss_n.sum() / max(n_valid, 1), dtype=logits.dtype)   # ()
-    cache = {"logp": logp, "targets": safe_t, "valid": valid, "reduction": reduction,
-             "n_valid": n_valid}
+    cache = {"op": "cross_entropy_forward", "logp": logp, "targets": safe_t, "valid": valid,
+             "reduction": reduction, "n_valid": n_valid}
     return loss, cache
 
 
@@ -97,6 +99,7 @@ def cross_entropy_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
     Returns:
         dlogits: (N, C, d...) like the logits.
     """
+    check_cache(cache, "cross_entropy_forward")
     logp, t, valid = cache["logp"], cache["targets"], cache["valid"]
     check_float("dout", dout)
     check_shape("dout", dout, valid.shape if cache["reduction"] == "none" else ())

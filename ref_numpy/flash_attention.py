@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ref_numpy._check import (check_positive_int, check_same_dtype, check_scale,
+from ref_numpy._check import (check_cache, check_positive_int, check_same_dtype, check_scale,
                               check_shape)
 
 _DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -201,10 +201,11 @@ def flash_attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, caus
 
     Returns:
         out: (B, H, Tq, D), the input dtype.
-        cache: dict with "q", "k", "v", "out" (the arrays above), "lse" (B, H, Tq) log-sum-exp L
-            of the scaled, masked scores in ``accum_dtype`` (-inf for fully masked rows), and the
-            settings "causal", "scale", "block_q", "block_k", "accum_dtype". Only O(T) memory:
-            backward recomputes the probabilities from q, k and lse.
+        cache: dict with "op" ("flash_attention_forward"), "q", "k", "v", "out" (the arrays
+            above), "lse" (B, H, Tq) log-sum-exp L of the scaled, masked scores in
+            ``accum_dtype`` (-inf for fully masked rows), and the settings "causal", "scale",
+            "block_q", "block_k", "accum_dtype". Only O(T) memory: backward recomputes the
+            probabilities from q, k and lse.
     """
     q, k, v = _check_array("q", q), _check_array("k", k), _check_array("v", v)
     dtype = check_same_dtype(q=q, k=k, v=v)
@@ -267,9 +268,9 @@ def flash_attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, caus
 
     out = out.reshape(B, H, Tq, D)                                    # (B, H, Tq, D)
     lse = lse.reshape(B, H, Tq)                                       # (B, H, Tq)
-    cache = {"q": q, "k": k, "v": v, "out": out, "lse": lse, "causal": bool(causal),
-             "scale": float(scale), "block_q": block_q, "block_k": block_k,
-             "accum_dtype": acc_dtype}
+    cache = {"op": "flash_attention_forward", "q": q, "k": k, "v": v, "out": out, "lse": lse,
+             "causal": bool(causal), "scale": float(scale), "block_q": block_q,
+             "block_k": block_k, "accum_dtype": acc_dtype}
     return out, cache
 
 
@@ -316,6 +317,7 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
     Returns:
         dq: (B, H, Tq, D), dk: (B, Hkv, Tk, D), dv: (B, Hkv, Tk, D), in the input dtype.
     """
+    check_cache(cache, "flash_attention_forward")
     q, k, v, out, lse = cache["q"], cache["k"], cache["v"], cache["out"], cache["lse"]
     causal, scale = cache["causal"], cache["scale"]
     block_q, block_k, acc_dtype = cache["block_q"], cache["block_k"], cache["accum_dtype"]

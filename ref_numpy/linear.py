@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ref_numpy._check import check_float, check_int, check_same_dtype, check_shape
+from ref_numpy._check import (check_cache, check_float, check_int, check_same_dtype,
+                              check_shape)
 
 
 def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
@@ -24,7 +25,7 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
         bias: (C_out,) same dtype, or None.
     Returns:
         out: (..., C_out).
-        cache: {"x": x, "weight": W, "has_bias": bool}.
+        cache: {"op": "linear_forward", "x": x, "weight": W, "has_bias": bool}.
     """
     check_float("x", x)
     if x.ndim < 1:
@@ -38,7 +39,7 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
         check_shape("bias", bias, (weight.shape[1],), "(C_out,)")
         check_same_dtype(x=x, bias=bias)
         out = out + bias
-    return out, {"x": x, "weight": weight, "has_bias": bias is not None}
+    return out, {"op": "linear_forward", "x": x, "weight": weight, "has_bias": bias is not None}
 
 
 def linear_backward(dout: np.ndarray, cache: dict,
@@ -56,6 +57,7 @@ def linear_backward(dout: np.ndarray, cache: dict,
     Returns:
         (dx (..., C_in), dweight (C_in, C_out), dbias (C_out,) or None without bias).
     """
+    check_cache(cache, "linear_forward")
     x, w = cache["x"], cache["weight"]
     c_in, c_out = w.shape
     check_float("dout", dout)
@@ -76,7 +78,8 @@ def embedding_forward(ids: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, d
         table: (V, C) float32 or float64.
     Returns:
         out: (..., C).
-        cache: {"ids": ids, "table_shape": (V, C), "dtype": the table's dtype}.
+        cache: {"op": "embedding_forward", "ids": ids, "table_shape": (V, C),
+            "dtype": the table's dtype}.
     """
     check_int("ids", ids)
     check_float("table", table, ndim=2)
@@ -87,7 +90,8 @@ def embedding_forward(ids: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, d
         raise ValueError(f"ids: expected values in [0, {v}) (the rows of table) but got "
                          f"{int(ids[idx])} at index {idx}")
     out = table[ids]                                                  # (..., C)
-    return out, {"ids": ids, "table_shape": table.shape, "dtype": table.dtype}
+    return out, {"op": "embedding_forward", "ids": ids, "table_shape": table.shape,
+                 "dtype": table.dtype}
 
 
 def embedding_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
@@ -105,6 +109,7 @@ def embedding_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
     Returns:
         dtable: (V, C).
     """
+    check_cache(cache, "embedding_forward")
     ids, (v, c) = cache["ids"], cache["table_shape"]
     check_float("dout", dout)
     check_shape("dout", dout, (*ids.shape, c), "(..., C)")

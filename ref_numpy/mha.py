@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from ref_numpy import attention
-from ref_numpy._check import check_float, check_same_dtype, check_shape
+from ref_numpy._check import check_cache, check_float, check_same_dtype, check_shape
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,12 +84,11 @@ def sum_kv_groups(dkv: np.ndarray, n_kv_head: int) -> np.ndarray:
 # Argument checks
 
 
-def check_args(x, w_qkv, b_qkv, w_o, b_o, n_head, n_kv_head) -> tuple[int, int, int]:
-    """Check the input and weights; return (H, Hkv, D)."""
+def check_qkv_args(x, w_qkv, b_qkv, n_head, n_kv_head) -> tuple[int, int, int]:
+    """Check the input, the fused projection and the head counts; return (H, Hkv, D)."""
     check_float("x", x, ndim=3)
     check_float("w_qkv", w_qkv, ndim=2)
-    check_float("w_o", w_o, ndim=2)
-    check_same_dtype(x=x, w_qkv=w_qkv, w_o=w_o)
+    check_same_dtype(x=x, w_qkv=w_qkv)
     for name, n in (("n_head", n_head), ("n_kv_head", n_kv_head)):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"{name}: expected an int >= 1 but got {n!r}")
@@ -102,16 +101,31 @@ def check_args(x, w_qkv, b_qkv, w_o, b_o, n_head, n_kv_head) -> tuple[int, int, 
         raise ValueError(f"w_qkv: expected shape (C, (H + 2·Hkv)·D) = ({C}, {H + 2 * Hkv}·D) "
                          f"but got {tuple(w_qkv.shape)}")
     D = E // (H + 2 * Hkv)
-    check_shape("w_o", w_o, (H * D, C), "(H·D, C)")
-    for name, b, n in (("b_qkv", b_qkv, E), ("b_o", b_o, C)):
-        if b is not None:
-            check_float(name, b, ndim=1)
-            check_same_dtype(x=x, **{name: b})
-            check_shape(name, b, (n,), "(E,)" if name == "b_qkv" else "(C,)")
+    _check_bias("b_qkv", b_qkv, x, E, "(E,)")
     return H, Hkv, D
 
 
+def check_args(x, w_qkv, b_qkv, w_o, b_o, n_head, n_kv_head) -> tuple[int, int, int]:
+    """Check the input and weights; return (H, Hkv, D)."""
+    H, Hkv, D = check_qkv_args(x, w_qkv, b_qkv, n_head, n_kv_head)
+    check_float("w_o", w_o, ndim=2)
+    check_same_dtype(x=x, w_o=w_o)
+    C = x.shape[2]
+    check_shape("w_o", w_o, (H * D, C), "(H·D, C)")
+    _check_bias("b_o", b_o, x, C, "(C,)")
+    return H, Hkv, D
+
+
+def _check_bias(name: str, b, x, n: int, letters: str) -> None:
+    """An optional bias: None, or (n,) in the dtype of x."""
+    if b is not None:
+        check_float(name, b, ndim=1)
+        check_same_dtype(x=x, **{name: b})
+        check_shape(name, b, (n,), letters)
+
+
 def _check_dy(dy, cache) -> None:
+    """dy like the output y, whose shape is that of x (the caller has checked the cache)."""
     check_float("dy", dy, ndim=3)
     check_shape("dy", dy, cache["x"].shape, "(B, T, C), the shape of y")
     check_same_dtype(y=cache["x"], dy=dy)
@@ -122,10 +136,13 @@ def _check_dy(dy, cache) -> None:
 
 
 def project_qkv(x, w_qkv, b_qkv, n_head: int, n_kv_head: int):
-    """[Q | K | V] = X W_qkv + b_qkv split into heads: q (B, H, T, D), k and v (B, Hkv, T, D)."""
+    """[Q | K | V] = X W_qkv + b_qkv split into heads: q (B, H, T, D), k and v (B, Hkv, T, D).
+
+    Arguments as :func:`mha_forward` (x (B, T, C), w_qkv (C, E), b_qkv (E,) or None, n_head and
+    n_kv_head ints >= 1), checked by :func:`check_qkv_args`.
+    """
+    H, Hkv, D = check_qkv_args(x, w_qkv, b_qkv, n_head, n_kv_head)
     B, T, _ = x.shape
-    H, Hkv = n_head, n_kv_head
-    D = w_qkv.shape[1] // (H + 2 * Hkv)
     qkv = x @ w_qkv                                                    # (B, T, E)
     if b_qkv is not None:
         qkv += b_qkv
@@ -164,8 +181,9 @@ def mha_forward(x, w_qkv, b_qkv, w_o, b_o, *, n_head, n_kv_head=None, causal=Fal
 
     Returns:
         y: (B, T, C).
-        cache: dict with "x", the weights, "o" (B, T, H·D) merged attention output and
-            "attn" (the cache of ``attention_forward``, whose "lse" is (B, H, T)).
+        cache: dict with "op" ("mha_forward"), "x", the weights, "o" (B, T, H·D) merged
+            attention output and "attn" (the cache of ``attention_forward``, whose "lse" is
+            (B, H, T)).
     """
     if n_kv_head is None:
         n_kv_head = n_head
@@ -178,8 +196,8 @@ def mha_forward(x, w_qkv, b_qkv, w_o, b_o, *, n_head, n_kv_head=None, causal=Fal
     y = o @ w_o                                                        # (B, T, C)
     if b_o is not None:
         y += b_o
-    cache = {"x": x, "w_qkv": w_qkv, "b_qkv": b_qkv, "w_o": w_o, "b_o": b_o, "o": o,
-             "attn": attn, "n_head": H, "n_kv_head": Hkv}
+    cache = {"op": "mha_forward", "x": x, "w_qkv": w_qkv, "b_qkv": b_qkv, "w_o": w_o, "b_o": b_o,
+             "o": o, "attn": attn, "n_head": H, "n_kv_head": Hkv}
     return y, cache
 
 
@@ -201,6 +219,7 @@ def mha_backward(dy, cache):
     Returns:
         dx (B, T, C), dw_qkv (C, E), db_qkv (E,) or None, dw_o (H·D, C), db_o (C,) or None.
     """
+    check_cache(cache, "mha_forward")
     _check_dy(dy, cache)
     x, w_qkv, w_o, o = cache["x"], cache["w_qkv"], cache["w_o"], cache["o"]
     B, T, C = x.shape
@@ -244,8 +263,8 @@ def mha_forward_per_head(x, w_qkv, b_qkv, w_o, b_o, *, n_head, n_kv_head=None, c
     own D rows of w_o: concatenating the heads and multiplying by W_o is this sum over heads.
 
     Returns:
-        y: (B, T, C); cache: dict with "x", the weights and per head "heads": list of
-        (q_h, k_h, v_h, o_h, attention cache).
+        y: (B, T, C); cache: dict with "op" ("mha_forward_per_head"), "x", the weights and
+        "heads": one (o_h (B, T, D), the cache of ``attention_forward``) per head.
     """
     if n_kv_head is None:
         n_kv_head = n_head
@@ -267,8 +286,8 @@ def mha_forward_per_head(x, w_qkv, b_qkv, w_o, b_o, *, n_head, n_kv_head=None, c
         heads.append((o_h, attn))
     if b_o is not None:
         y += b_o
-    cache = {"x": x, "w_qkv": w_qkv, "b_qkv": b_qkv, "w_o": w_o, "b_o": b_o, "heads": heads,
-             "n_head": H, "n_kv_head": Hkv}
+    cache = {"op": "mha_forward_per_head", "x": x, "w_qkv": w_qkv, "b_qkv": b_qkv, "w_o": w_o,
+             "b_o": b_o, "heads": heads, "n_head": H, "n_kv_head": Hkv}
     return y, cache
 
 
@@ -280,9 +299,13 @@ def mha_backward_per_head(dy, cache):
                 dWq_h = Xᵀ dq_h;  dWk_n += Xᵀ dk_h;  dWv_n += Xᵀ dv_h      (GQA: sum over group)
                 dX += dq_h Wq_hᵀ + dk_h Wk_nᵀ + dv_h Wv_nᵀ
 
+    Args:
+        dy: (B, T, C) upstream gradient, the dtype of x.
+        cache: from :func:`mha_forward_per_head` (only).
     Returns:
         dx, dw_qkv, db_qkv, dw_o, db_o as :func:`mha_backward`.
     """
+    check_cache(cache, "mha_forward_per_head")
     _check_dy(dy, cache)
     x, w_qkv, w_o = cache["x"], cache["w_qkv"], cache["w_o"]
     B, T, C = x.shape

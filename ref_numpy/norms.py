@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ref_numpy._check import check_float, check_same_dtype, check_shape
+from ref_numpy._check import check_cache, check_float, check_same_dtype, check_shape
 
 
 def _check_inputs(x, weight, bias, eps) -> float:
@@ -76,7 +76,8 @@ def rmsnorm_forward(x: np.ndarray, weight: np.ndarray, eps: float = 1e-6,
             The default 1e-6 is LLaMA's; torch's default (None) means finfo(dtype).eps.
     Returns:
         out: (..., C).
-        cache: {"xhat": x * r (..., C), "r": 1 / rms (..., 1), "weight": (C,)}.
+        cache: {"op": "rmsnorm_forward", "xhat": x * r (..., C), "r": 1 / rms (..., 1),
+            "weight": (C,)}.
     """
     eps = _check_inputs(x, weight, None, eps)
     ms = np.mean(x * x, axis=-1, keepdims=True)                       # (..., 1)
@@ -84,7 +85,7 @@ def rmsnorm_forward(x: np.ndarray, weight: np.ndarray, eps: float = 1e-6,
     # r = (mean_c x_c^2 + eps)^(-1/2)
     r = 1.0 / np.sqrt(ms + eps)                                       # (..., 1)
     xhat = x * r
-    return xhat * weight, {"xhat": xhat, "r": r, "weight": weight}
+    return xhat * weight, {"op": "rmsnorm_forward", "xhat": xhat, "r": r, "weight": weight}
 
 
 def rmsnorm_backward(dout: np.ndarray, cache: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +105,7 @@ def rmsnorm_backward(dout: np.ndarray, cache: dict) -> tuple[np.ndarray, np.ndar
     Returns:
         (dx (..., C), dweight (C,)).
     """
+    check_cache(cache, "rmsnorm_forward")
     xhat, r, w = cache["xhat"], cache["r"], cache["weight"]
     _check_dout(dout, xhat)
     g = dout * w                                                      # (..., C)
@@ -123,8 +125,8 @@ def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
         eps: added to the biased variance inside the square root (torch's placement), >= 0.
     Returns:
         out: (..., C).
-        cache: {"xhat": (x - mu) * r (..., C), "r": (..., 1), "weight": (C,),
-            "has_bias": bool}.
+        cache: {"op": "layernorm_forward", "xhat": (x - mu) * r (..., C), "r": (..., 1),
+            "weight": (C,), "has_bias": bool}.
     """
     eps = _check_inputs(x, weight, bias, eps)
     mu = np.mean(x, axis=-1, keepdims=True)                           # (..., 1)
@@ -137,7 +139,8 @@ def layernorm_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None
     out = xhat * weight
     if bias is not None:
         out = out + bias
-    return out, {"xhat": xhat, "r": r, "weight": weight, "has_bias": bias is not None}
+    return out, {"op": "layernorm_forward", "xhat": xhat, "r": r, "weight": weight,
+                 "has_bias": bias is not None}
 
 
 def layernorm_backward(dout: np.ndarray, cache: dict,
@@ -158,6 +161,7 @@ def layernorm_backward(dout: np.ndarray, cache: dict,
     Returns:
         (dx (..., C), dweight (C,), dbias (C,) or None when the forward had no bias).
     """
+    check_cache(cache, "layernorm_forward")
     xhat, r, w = cache["xhat"], cache["r"], cache["weight"]
     _check_dout(dout, xhat)
     g = dout * w                                                      # (..., C)

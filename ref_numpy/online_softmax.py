@@ -24,7 +24,8 @@ ends with l = 0 and returns zeros (the attention convention for a fully masked q
 softmax returns NaN there), and passes zero gradient.
 
 Backward: the output is softmax(x), so the gradient is softmax's, dx = y * (dout - sum(dout * y));
-online_softmax_backward calls ref_numpy.softmax.softmax_backward.
+online_softmax_backward computes it with the helper that ref_numpy.softmax.softmax_backward uses
+(each backward accepts only its own forward's cache).
 
 Shapes: x (..., N) after moving ``axis`` last; N is the row length, (...) the rows. A state is a
 pair of arrays of shape (...), one entry per row.
@@ -34,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ref_numpy import softmax
-from ref_numpy._check import check_float, check_same_dtype, check_shape
+from ref_numpy._check import check_cache, check_float
 
 
 def block_state(x_block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,10 +93,17 @@ def online_normalizer(x: np.ndarray, block_size: int) -> tuple[np.ndarray, np.nd
 
     Args:
         x: (..., N) float32 or float64.
-        block_size: entries per block, >= 1 (a block larger than N is the whole row).
+        block_size: entries per block, an int >= 1 (a block larger than N is the whole row).
     Returns:
         (m, l): each (...).
     """
+    check_float("x", x)
+    if x.ndim < 1:
+        raise ValueError(f"x: expected shape (..., N) but got {x.shape}")
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+        raise TypeError(f"block_size: expected an int but got {type(block_size).__name__}")
+    if block_size < 1:
+        raise ValueError(f"block_size: expected an int >= 1 but got {block_size}")
     n = x.shape[-1]
     m = np.full(x.shape[:-1], -np.inf, dtype=x.dtype)               # (...)
     l = np.zeros(x.shape[:-1], dtype=x.dtype)                        # (...)
@@ -117,22 +125,19 @@ def online_softmax_forward(x: np.ndarray, axis: int = -1, block_size: int = 32,
         block_size: entries streamed per step, any int >= 1.
     Returns:
         out: (...) like x, equal to softmax(x, axis) up to rounding.
-        cache: {"out": y, "axis": axis} -- the same cache softmax_forward returns.
+        cache: {"op": "online_softmax_forward", "out": y, "axis": axis}.
     """
     check_float("x", x)
     axis = softmax.check_axis(axis, x.ndim)
     softmax.check_no_posinf("x", x)
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
-        raise TypeError(f"block_size: expected an int but got {type(block_size).__name__}")
-    if block_size < 1:
-        raise ValueError(f"block_size: expected an int >= 1 but got {block_size}")
     rows = np.moveaxis(x, axis, -1)                                  # (..., N)
-    m, l = online_normalizer(rows, int(block_size))                  # (...), (...)
+    # block_size is checked by online_normalizer before any block is read
+    m, l = online_normalizer(rows, block_size)                       # (...), (...)
     # second pass: y_i = exp(x_i - m) / l; a fully masked row has m = -inf, l = 0 and gets 0
     m_shift = np.where(np.isneginf(m), 0.0, m)
     y = np.exp(rows - m_shift[..., None]) / np.where(l == 0, 1.0, l)[..., None]   # (..., N)
     y = np.moveaxis(y, -1, axis)                                     # like x
-    return y, {"out": y, "axis": axis}
+    return y, {"op": "online_softmax_forward", "out": y, "axis": axis}
 
 
 def online_softmax_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
@@ -141,7 +146,8 @@ def online_softmax_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
     The forward computes the same function y = softmax(x) (only the order of the reduction
     differs), so its Jacobian is dy_i/dx_j = y_i (delta_ij - y_j) and
         dx_j = y_j (dout_j - sum_i dout_i y_i),
-    which ref_numpy.softmax.softmax_backward computes. A fully masked row passes dx = 0.
+    the formula of ref_numpy.softmax.softmax_backward (one shared helper computes both).
+    A fully masked row passes dx = 0.
 
     Args:
         dout: (...) like the forward output.
@@ -149,7 +155,5 @@ def online_softmax_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
     Returns:
         dx: (...) like x.
     """
-    check_float("dout", dout)
-    check_shape("dout", dout, cache["out"].shape)
-    check_same_dtype(out=cache["out"], dout=dout)
-    return softmax.softmax_backward(dout, cache)
+    check_cache(cache, "online_softmax_forward")
+    return softmax._softmax_vjp(dout, cache["out"], cache["axis"])

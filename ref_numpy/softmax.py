@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ref_numpy._check import check_float, check_same_dtype, check_shape
+from ref_numpy._check import check_cache, check_float, check_same_dtype, check_shape
 
 
 def check_axis(axis, ndim: int) -> int:
@@ -70,7 +70,7 @@ def softmax_forward(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, dict]:
         axis: the dimension that is normalised.
     Returns:
         out: (...) like x, each row sums to 1 (or is all zeros when fully masked).
-        cache: {"out": y, "axis": axis} -- the backward needs only y.
+        cache: {"op": "softmax_forward", "out": y, "axis": axis} -- the backward needs only y.
     """
     check_float("x", x)
     axis = check_axis(axis, x.ndim)
@@ -78,7 +78,24 @@ def softmax_forward(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, dict]:
     _, e, s = _shifted_exp(x, axis)
     # y = e / s; a fully masked row has e = 0 and s = 0, and gets 0 / 1 = 0
     y = e / np.where(s == 0, 1.0, s)
-    return y, {"out": y, "axis": axis}
+    return y, {"op": "softmax_forward", "out": y, "axis": axis}
+
+
+def _softmax_vjp(dout: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+    """dx = y * (dout - sum_i dout_i y_i) for y = softmax(x) along ``axis`` (derivation:
+    :func:`softmax_backward`); shared by every op whose output is a softmax.
+
+    Args:
+        dout: (...) like y, checked here.
+        y: (...) the softmax, one row along ``axis`` (a non-negative int).
+    Returns:
+        dx: (...) like y.
+    """
+    check_float("dout", dout)
+    check_shape("dout", dout, y.shape)
+    check_same_dtype(out=y, dout=dout)
+    # dx = y * (dout - <dout, y>) along the row
+    return y * (dout - np.sum(dout * y, axis=axis, keepdims=True))
 
 
 def softmax_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
@@ -97,12 +114,8 @@ def softmax_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
     Returns:
         dx: (...) like x.
     """
-    y, axis = cache["out"], cache["axis"]
-    check_float("dout", dout)
-    check_shape("dout", dout, y.shape)
-    check_same_dtype(out=y, dout=dout)
-    # dx = y * (dout - <dout, y>) along the row
-    return y * (dout - np.sum(dout * y, axis=axis, keepdims=True))
+    check_cache(cache, "softmax_forward")
+    return _softmax_vjp(dout, cache["out"], cache["axis"])
 
 
 def log_softmax_forward(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, dict]:
@@ -115,8 +128,8 @@ def log_softmax_forward(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, dict
         axis: the dimension that is normalised.
     Returns:
         out: (...) like x; exp(out) sums to 1 along the row (-inf where x is -inf).
-        cache: {"out": z, "axis": axis, "masked": (...) bool with a size-1 axis, True for a
-            fully -inf row} -- the backward recomputes softmax = exp(z).
+        cache: {"op": "log_softmax_forward", "out": z, "axis": axis, "masked": (...) bool with
+            a size-1 axis, True for a fully -inf row} -- the backward recomputes softmax = exp(z).
     """
     check_float("x", x)
     axis = check_axis(axis, x.ndim)
@@ -125,7 +138,7 @@ def log_softmax_forward(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, dict
     masked = s == 0
     # z = (x - m) - log(s); a fully masked row has x - m = -inf and log(1) = 0, so z = -inf
     z = xs - np.log(np.where(masked, 1.0, s))
-    return z, {"out": z, "axis": axis, "masked": masked}
+    return z, {"op": "log_softmax_forward", "out": z, "axis": axis, "masked": masked}
 
 
 def log_softmax_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
@@ -143,6 +156,7 @@ def log_softmax_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
     Returns:
         dx: (...) like x.
     """
+    check_cache(cache, "log_softmax_forward")
     z, axis, masked = cache["out"], cache["axis"], cache["masked"]
     check_float("dout", dout)
     check_shape("dout", dout, z.shape)

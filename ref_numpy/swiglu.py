@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ref_numpy import activations
-from ref_numpy._check import check_float, check_same_dtype, check_shape
+from ref_numpy._check import check_cache, check_float, check_same_dtype, check_shape
 
 
 def swiglu_forward(x: np.ndarray, w1: np.ndarray, w3: np.ndarray, w2: np.ndarray,
@@ -28,8 +28,8 @@ def swiglu_forward(x: np.ndarray, w1: np.ndarray, w3: np.ndarray, w2: np.ndarray
         w2: (F, C) down weight, same dtype.
     Returns:
         out: (..., C).
-        cache: {"x", "w1", "w3", "w2", "b": x W3 (..., F), "s": silu(x W1) (..., F),
-            "h": (..., F), "silu": the cache of silu(x W1)}.
+        cache: {"op": "swiglu_forward", "x", "w1", "w3", "w2", "b": x W3 (..., F),
+            "s": silu(x W1) (..., F), "h": (..., F), "silu": the cache of silu_forward(x W1)}.
     """
     check_float("x", x)
     if x.ndim < 1:
@@ -47,7 +47,8 @@ def swiglu_forward(x: np.ndarray, w1: np.ndarray, w3: np.ndarray, w2: np.ndarray
     s, silu_cache = activations.silu_forward(a)                      # (..., F)
     h = s * b                                                         # (..., F)
     out = h @ w2                                                      # (..., C)
-    cache = {"x": x, "w1": w1, "w3": w3, "w2": w2, "b": b, "s": s, "h": h, "silu": silu_cache}
+    cache = {"op": "swiglu_forward", "x": x, "w1": w1, "w3": w3, "w2": w2, "b": b, "s": s,
+             "h": h, "silu": silu_cache}
     return out, cache
 
 
@@ -68,6 +69,7 @@ def swiglu_backward(dout: np.ndarray, cache: dict,
     Returns:
         (dx (..., C), dw1 (C, F), dw3 (C, F), dw2 (F, C)).
     """
+    check_cache(cache, "swiglu_forward")
     x, w1, w3, w2, b, s, h = (cache[k] for k in ("x", "w1", "w3", "w2", "b", "s", "h"))
     check_float("dout", dout)
     check_shape("dout", dout, x.shape)

@@ -155,11 +155,27 @@ def test_dtype_not_preserved_is_a_failure():
     assert any(not r.passed and "dtype not preserved" in r.note for r in rows)
 
 
-def test_no_torch_oracle_checks_finiteness_and_says_so():
-    rows = check_case(_case((3,), torch_fn=False), "float64")
-    assert all(r.passed for r in rows)
-    assert {r.backend for r in rows} == {"numpy", "gradcheck"}
-    assert all(r.note == "no torch oracle: finiteness only" for r in rows if r.backend == "numpy")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_no_torch_oracle_rows_are_unchecked_never_passed(dtype):
+    rows = check_case(_case((3,), torch_fn=False), dtype)
+    numpy_rows = [r for r in rows if r.backend == "numpy"]
+    assert numpy_rows and all(r.status == "unchecked" and not r.passed for r in numpy_rows)
+    assert all(r.note.startswith("unchecked: no oracle") for r in numpy_rows)
+    # finite differences are independent of torch: those rows are real checks
+    assert all(r.status == "pass" for r in rows if r.backend == "gradcheck")
+
+
+def test_a_kernel_that_disagrees_with_numpy_fails_even_without_an_oracle(monkeypatch):
+    from equivalence import backends
+    monkeypatch.setattr(backends, "available", lambda name: (name != "torch", "stand-in"))
+
+    def off(inputs, douts):
+        outs, cache = _case((4, 5)).forward(inputs)
+        return {"out": outs["out"] + 1e-3}, _sin_mul_backward(douts["out"], cache)
+    case = Case(**{**_case((4, 5), torch_fn=False).__dict__, "backends": {"opencl": off}})
+    rows = check_case(case, "float64")
+    assert [(r.backend, r.tensor) for r in rows if r.status == "FAIL"] == [("opencl", "out")]
+    assert all(r.status == "unchecked" for r in rows if r.backend == "opencl" and r.tensor != "out")
 
 
 def test_nan_without_an_oracle_still_fails_in_both_rows():
@@ -173,3 +189,45 @@ def test_nan_without_an_oracle_still_fails_in_both_rows():
     failed = {(r.backend, r.tensor) for r in rows if not r.passed}
     assert ("numpy", "out") in failed
     assert ("gradcheck", "x") in failed and ("gradcheck", "w") in failed
+
+
+def test_float32_reference_is_torch_float64_so_a_wrong_backward_fails_in_float32_alone():
+    rows = check_case(_case((7, 13), wrong=1.01), "float32")
+    failed = {(r.backend, r.tensor) for r in rows if r.status == "FAIL"}
+    assert failed == {("numpy", "grad x")}
+    # the torch float32 baseline is judged against the same independent reference and passes
+    assert all(r.passed for r in rows if r.backend == "torch")
+
+
+def _broken_baseline(scale):
+    def run(inputs, douts):
+        outs, cache = _sin_mul_forward(inputs["x"], inputs["w"])
+        grads = _sin_mul_backward(douts["out"], cache)
+        return {"out": outs}, {"x": grads["x"] * scale, "w": grads["w"]}
+    return run
+
+
+def test_a_baseline_beyond_rounding_fails_naming_its_tensor_and_does_not_widen_the_bar():
+    case = Case(**{**_case((7, 13)).__dict__, "baseline32": _broken_baseline(1.01)})
+    rows = check_case(case, "float32")
+    base = {r.tensor: r for r in rows if r.backend == "baseline"}
+    assert base["grad x"].status == "FAIL" and "beyond 100 eps" in base["grad x"].note
+    assert base["out"].passed and base["grad w"].passed
+    # the candidate's bar for grad x is the rounding floor, not 2 x the broken baseline's error
+    (cand,) = [r for r in rows if r.backend == "numpy" and r.tensor == "grad x"]
+    assert float(cand.tolerance) < 1e-5 < 2 * base["grad x"].max_abs
+
+
+def test_a_baseline_within_rounding_defines_the_bar():
+    case = Case(**{**_case((7, 13)).__dict__, "baseline32": _broken_baseline(1.0 + 2e-6)})
+    rows = check_case(case, "float32")
+    base = {r.tensor: r for r in rows if r.backend == "baseline"}
+    assert all(r.passed for r in base.values())
+    assert base["grad x"].note.startswith("defines the bar")
+
+
+def test_an_unchecked_row_cannot_be_marked_passed():
+    from equivalence.compare import Row
+    with pytest.raises(ValueError, match="unchecked row cannot be passed"):
+        Row(case="c", backend="numpy", dtype="float64", tensor="out", shape=(), max_abs=0.0,
+            max_rel=0.0, tolerance="-", fraction=0.0, passed=True, unchecked=True)
