@@ -20,11 +20,8 @@ import time
 from rich.console import Console
 from rich.markup import escape
 
-BENCHES = {  # name -> module with add_arguments(parser) and run(args) -> list[dict]
-    "attention": "equivalence.bench_attention",
-    "flash": "equivalence.bench_flash",
-}
-GPU_BENCHES = {"flash": "equivalence.bench_flash_gpu"}  # used with --backend opencl|cupy
+from equivalence.bench import BENCHES, KERNEL_BENCHES
+
 KERNELS = "equivalence.kernels_report"
 SANITIZE = "equivalence.sanitize"
 
@@ -134,6 +131,15 @@ def cmd_list(args, console: Console) -> int:
     return 0
 
 
+def _run_bench(module: str, args, console: Console, title: str) -> int:
+    from equivalence.bench import common
+    tables = importlib.import_module(module).run(args)
+    common.print_tables(tables, title, console)
+    if getattr(args, "json", None):
+        common.write_json(args.json, title, tables)
+    return 0
+
+
 def _run_module(module: str, args, console: Console, title: str) -> int:
     from equivalence import report
     rows = importlib.import_module(module).run(args)
@@ -178,10 +184,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         if argv[:2] != ["bench", name]:
             continue
         importlib.import_module(module).add_arguments(bp)
-        if name in GPU_BENCHES:
+        if name in KERNEL_BENCHES:
             bp.add_argument("--backend", choices=("numpy", "opencl", "cupy"), default="numpy",
                             help="numpy: the NumPy benchmark; opencl/cupy: the kernels")
-            importlib.import_module(GPU_BENCHES[name]).add_arguments(
+            importlib.import_module(KERNEL_BENCHES[name]).add_arguments(
                 bp.add_argument_group("kernel backends"))
 
     k = sub.add_parser("kernels", help="NVRTC build of every kernel: registers, spills, smem")
@@ -235,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         module = BENCHES[args.bench]
         if getattr(args, "backend", "numpy") != "numpy":
-            module = GPU_BENCHES[args.bench]
-        return _run_module(module, args, console, f"bench {args.bench}")
+            module = KERNEL_BENCHES[args.bench]
+        return _run_bench(module, args, console, f"bench {args.bench}")
     if args.command == "sanitize":
         return cmd_sanitize(args, console)
     return _run_module(KERNELS, args, console, "kernels: NVRTC ptxas figures")

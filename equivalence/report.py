@@ -38,11 +38,18 @@ def summarize(rows: list[Row]) -> list[dict]:
 
 
 def _fmt(x: float) -> str:
+    """A cell: three significant digits, in exponent form outside [0.01, 1e5).
+
+    >>> [_fmt(v) for v in (1.2345e-15, 0.0832, 1.4312, 2.0, None, float("inf"))]
+    ['1.23e-15', '0.0832', '1.43', '2', '-', 'inf']
+    """
     if x is None:
         return "-"
-    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
+    if not isinstance(x, float):
         return str(x)
-    return f"{x:.2e}" if isinstance(x, float) else str(x)
+    if math.isinf(x) or math.isnan(x):
+        return str(x)
+    return f"{x:.3g}" if 1e-2 <= abs(x) < 1e5 else f"{x:.2e}"
 
 
 def print_rows(rows: list[dict], title: str, console: Console | None = None) -> None:

@@ -6,13 +6,12 @@ float32 error against float64.
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
 import pytest
 
-from equivalence import bench_flash
+from equivalence.bench.common import peak_traced_bytes
 from equivalence.compare import float32_bound
 from ref_numpy import attention
 from ref_numpy.flash_attention import (_key_tiles, _query_tiles, _tile_mask,
@@ -202,42 +201,12 @@ def test_memory_is_linear_no_tq_by_tk_array():
     about linearly in T."""
     def peak(T):
         q, k, v, dout = _inputs(np.random.default_rng(0), 1, 1, 1, T, T, 8)
-        return bench_flash.peak_traced_bytes(
+        return peak_traced_bytes(
             lambda: flash_attention_backward(
                 dout, flash_attention_forward(q, k, v, block_q=64, block_k=64)[1]))
     p1, p2 = peak(512), peak(1024)
     assert p2 < 1024 * 1024 * 8 / 8             # 1/8 of one (T, T) float64 matrix at T = 1024
     assert p2 / p1 <= 2.2
-
-
-def test_bench_run_smoke(tmp_path):
-    parser = argparse.ArgumentParser()
-    bench_flash.add_arguments(parser)
-    plot = tmp_path / "flash_memory.png"
-    args = parser.parse_args(["--t", "128", "384", "--d", "16", "--block", "32",
-                              "--speed-t", "96", "--max-naive-t", "200", "--plot", str(plot),
-                              "--blas-threads", "0"])
-    rows = bench_flash.run(args)
-    assert [r["measure"] for r in rows] == ["peak traced memory fwd+bwd"] * 2 + [
-        "peak growth T=384 / T=128", "time fwd+bwd"]
-    assert all(list(r) == list(rows[0]) for r in rows)      # one column set for the table
-    mem128, mem384, growth, speed = rows
-    assert mem128["T"] == 128 and 0 < mem128["tiled"] < mem128["naive"]
-    assert mem128["value"] == pytest.approx(mem128["naive"] / mem128["tiled"])
-    assert mem384["naive"] is None and "skipped" in mem384["note"]    # above --max-naive-t
-    assert growth["value"] == pytest.approx(mem384["tiled"] / mem128["tiled"])
-    assert speed["T"] == 96 and speed["naive"] > 0 and speed["tiled"] > 0
-    assert plot.stat().st_size > 0
-    args.part, args.t, args.max_naive_t = "memory", [512], None
-    (row,) = bench_flash.run(args)
-    assert row["tiled"] * 4 < row["naive"]                 # tiled much smaller at a modest T
-    args.part, args.blas_threads = "speed", 1               # measured in a fresh process
-    (row,) = bench_flash.run(args)
-    assert list(row) == list(rows[0]) and row["T"] == 96 and row["tiled"] > 0
-    assert row["note"].endswith("BLAS threads: 1")
-    args.blas_threads = -1
-    with pytest.raises(ValueError, match="--blas-threads: expected an int >= 0 but got -1"):
-        bench_flash.run(args)
 
 
 # ----------------------------------------------------------------------------------------------

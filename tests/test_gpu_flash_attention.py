@@ -11,7 +11,6 @@ float32 ref_numpy.attention plus a rounding floor).
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -422,52 +421,6 @@ def test_cupy_backend_without_a_device_says_why():
     q, k, v = qkv()
     with pytest.raises(RuntimeError, match="backend='cupy' is not available: "):
         fa.flash_attention_forward(q, k, v, backend="cupy")
-
-
-# ----------------------------------------------------------------------------- benchmark
-
-def bench_args(*argv):
-    from equivalence import bench_flash_gpu
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--backend")
-    bench_flash_gpu.add_arguments(parser)
-    return bench_flash_gpu, parser.parse_args(argv)
-
-
-def test_bench_flop_count():
-    bench, _ = bench_args()
-    # 4 B H T^2 D = 4 * 2 * 3 * 25 * 8; causal halves it, the backward is 2.5x.
-    assert bench.attention_flops(2, 3, 5, 8, causal=False, backward=False) == 4800.0
-    assert bench.attention_flops(2, 3, 5, 8, causal=True, backward=True) == 6000.0
-
-
-@pytest.mark.skipif(CUPY_OK, reason="this machine has a CUDA device")
-def test_bench_says_when_no_cuda_device_is_available():
-    bench, args = bench_args("--backend", "cupy")
-    with pytest.raises(SystemExit, match="needs a CUDA device and none is available"):
-        bench.run(args)
-
-
-@needs_opencl
-def test_bench_rows_on_opencl():
-    bench, args = bench_args("--backend", "opencl", "--shape", "1,2,1,16,8", "--mask", "causal",
-                             "--repeats", "1")
-    rows = bench.run(args)
-    assert [r["pass"] for r in rows] == ["forward", "backward"]
-    assert all(r["kernel TFLOP/s"] > 0 and r["torch TFLOP/s"] > 0 for r in rows)
-    assert rows[0]["B,H,Hkv,T,D"] == "1,2,1,16,8" and rows[0]["causal"] is True
-    assert rows[0]["torch device"] == "cpu"
-
-
-def test_bench_torch_device_follows_the_kernels(monkeypatch):
-    import torch
-    bench, _ = bench_args()
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert bench.torch_device("opencl") == "cpu"
-    assert bench.torch_device("cupy") is None          # never time the CPU against a GPU
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert bench.torch_device("cupy") == "cuda"
-    assert bench.torch_device("opencl") == "cpu"
 
 
 # ----------------------------------------------------------------------------- CuPy arrays

@@ -1,0 +1,13 @@
+"""Benchmarks: one module per ``crosscheck bench NAME``, on one shared layer (``common``).
+
+Each module has ``add_arguments(parser)`` and ``run(args) -> {table name: rows}``; the CLI
+prints every table and ``--json PATH`` writes them. ``common`` times every side of a comparison
+in a fresh interpreter with the same thread settings, and holds the statistics, ratio rows,
+plots and JSON output that every bench shares.
+"""
+BENCHES = {  # name -> module
+    "attention": "equivalence.bench.attention",
+    "flash": "equivalence.bench.flash",
+}
+# ``crosscheck bench flash --backend opencl|cupy`` times the kernels instead
+KERNEL_BENCHES = {"flash": "equivalence.bench.flash_kernels"}
