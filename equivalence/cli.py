@@ -1,11 +1,12 @@
 """The ``crosscheck`` command line (also ``python -m equivalence``).
 
-    crosscheck run [--only PATTERN] [--dtype float64|float32|all] [--backend NAME ...]
-                   [--seed N] [--json PATH] [--markdown PATH] [--verbose] [--no-gradcheck]
+    crosscheck run [--only PATTERN] [--cases FILE] [--dtype float64|float32|all]
+                   [--backend NAME ...] [--seed N] [--json PATH] [--markdown PATH] [--verbose]
+                   [--no-gradcheck]
     crosscheck list [--only PATTERN]
     crosscheck bench attention|flash [options] [--json PATH]
-    crosscheck kernels [--json PATH]
-    crosscheck sanitize [--only PATTERN] [--json PATH]
+    crosscheck kernels [--file FILE.cu] [--define NAME=VALUE ...] [--json PATH]
+    crosscheck sanitize [--only PATTERN] [--cases FILE] [--json PATH]
 
 ``run`` with no arguments is the main job: every registered case, both dtypes, on every backend
 this machine has. It exits 1 if any check fails.
@@ -63,7 +64,15 @@ def cmd_run(args, console: Console) -> int:
     from equivalence.harness import CANDIDATES, check_case, tolerance_policy
     from equivalence.registry import all_cases
 
-    cases = all_cases(args.only)
+    if args.cases:
+        from equivalence.registry import load_case_file, select
+        try:
+            cases = select(load_case_file(args.cases), args.only)
+        except (FileNotFoundError, ValueError) as exc:
+            console.print(str(exc), markup=False, highlight=False)
+            return 2
+    else:
+        cases = all_cases(args.only)
     if not cases:
         what = f"matches --only {args.only!r}" if args.only else "is registered"
         console.print(f"no case {what} (see `crosscheck list`)", markup=False)
@@ -158,6 +167,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="check every case against torch autograd (the main job)")
     r.add_argument("--only", help="glob or substring of case names, e.g. 'rmsnorm*'")
+    r.add_argument("--cases", metavar="FILE",
+                   help="check the cases that this Python file (or module) registers, with "
+                        "equivalence.register(...), instead of the built-in ones")
     r.add_argument("--dtype", choices=("float64", "float32", "all"), default="all",
                    help="float64: every copy against torch autograd at 1e-6 plus finite "
                         "differences; float32: against torch float64 within 2x a plain float32 "
@@ -210,9 +222,27 @@ def cmd_sanitize(args, console: Console) -> int:
         console.print(f"sanitize: {why}", highlight=False)
         return 1
     sanitize = importlib.import_module(SANITIZE)
-    if not sanitize.cases(args.only):
+    case_file = getattr(args, "cases", None)
+    if case_file is not None:
+        from equivalence.registry import select
+        try:
+            runnable, skipped = sanitize.user_cases(case_file)
+        except (FileNotFoundError, ValueError) as exc:  # no such file, no case registered
+            console.print(f"sanitize: {exc}", highlight=False, markup=False)
+            return 2
+        if select(skipped, args.only):
+            console.print('note: skipped (no "opencl" backend): '
+                          + ", ".join(c.name for c in select(skipped, args.only)),
+                          highlight=False, markup=False)
+        if not runnable:
+            console.print(f'sanitize: none of the {len(skipped)} case(s) of {case_file} has an '
+                          f'"opencl" backend, so nothing can run under Oclgrind',
+                          highlight=False, markup=False)
+            return 2
+    if not sanitize.cases(args.only, case_file):
         console.print(f"no sanitizer case matches --only {args.only!r}; the cases are:\n  "
-                      + "\n  ".join(c.name for c in sanitize.cases()), highlight=False)
+                      + "\n  ".join(c.name for c in sanitize.cases(None, case_file)),
+                      highlight=False)
         return 2
     t0 = time.perf_counter()
     rows, problems = sanitize.run(args)

@@ -10,7 +10,7 @@ compute.
 float64
     each candidate (numpy, opencl, cupy) is compared with the reference at 1e-6 + 1e-6|ref|
     elementwise, and the NumPy backward is also checked by finite differences
-    (``equivalence.gradcheck``).
+    (``equivalence.finite_differences``).
 float32
     the bar for each tensor is 2 x the error of the case's plain float32 baseline (default: the
     torch oracle in float32) plus a rounding floor (``equivalence.compare.float32_bound``). The
@@ -32,7 +32,7 @@ import numpy as np
 
 from equivalence import backends as backend_mod
 from equivalence.compare import SANITY_EPS, Row, baseline_limit, compare, float32_bound
-from equivalence.gradcheck import gradcheck
+from equivalence.finite_differences import gradcheck
 from equivalence.registry import Case
 
 CANDIDATES = ("numpy", "opencl", "cupy")
@@ -94,8 +94,11 @@ def _unchecked(rows: list[Row]) -> list[Row]:
 
 
 def check_case(case: Case, dtype: str = "float64", backends=None, seed: int = 0,
-               run_gradcheck: bool = True) -> list[Row]:
+               run_gradcheck: bool = True, gradcheck_options: dict | None = None) -> list[Row]:
     """Compare every selected candidate of ``case`` with the reference; return report rows.
+
+    ``gradcheck_options``: keyword arguments of ``equivalence.finite_differences.gradcheck``
+    (eps, atol, rtol, mode, n_proj, nondet_tol).
 
     ``backends``: names among ``numpy``, ``opencl``, ``cupy`` (None = every one this case has and
     this machine can run). A kernel backend that this case lacks or this machine cannot run
@@ -155,7 +158,8 @@ def check_case(case: Case, dtype: str = "float64", backends=None, seed: int = 0,
             rows += got if oracle else _unchecked(got)
         if run_gradcheck and case.gradcheck and "numpy" in wanted:
             try:
-                rows += gradcheck(case, inputs64, rng=case_rng(case, seed + 2))
+                rows += gradcheck(case, inputs64, rng=case_rng(case, seed + 2),
+                                  **(gradcheck_options or {}))
             except Exception as exc:
                 rows.append(_error_row(case, "gradcheck", "float64", exc))
         return rows
@@ -242,7 +246,7 @@ def _compare_all(case, backend, dtype, run, inputs, douts, ref, *, bounds):
 def tolerance_policy() -> dict:
     """The tolerances of every row kind, as numbers and as the rule they enter, for reports."""
     from equivalence import compare as c
-    from equivalence import gradcheck as g
+    from equivalence import finite_differences as g
     return {
         "float64": {"atol": c.ATOL64, "rtol": c.RTOL64,
                     "rule": "|got - ref| <= atol + rtol |ref| elementwise; ref = torch autograd "

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import importlib.util
 import pkgutil
+import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -91,3 +94,43 @@ def select(cases: list[Case], pattern: str | None) -> list[Case]:
         return cases
     glob = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
     return [c for c in cases if fnmatch.fnmatchcase(c.name, glob)]
+
+
+def load_case_file(source: str) -> list[Case]:
+    """Import a user's file (``my_cases.py``) or module (``pkg.my_cases``) that registers cases,
+    and return the cases it registered, in order.
+
+    The built-in cases are loaded first, so that only the file's own cases are returned (and a
+    name that collides with a built-in one is an error). A file that registers nothing is an
+    error too: ``crosscheck run --cases FILE`` would otherwise check nothing. The registry is
+    left as it was: the file's cases are returned, not kept, so loading a file twice works.
+    """
+    all_cases()
+    before = set(_CASES)
+    try:
+        _import_source(source)
+        new = [c for n, c in _CASES.items() if n not in before]
+    finally:  # whatever the file did, the registry keeps only the built-in cases
+        for name in set(_CASES) - before:
+            del _CASES[name]
+    if not new:
+        raise ValueError(f"--cases: {source!r} registered no case; call "
+                         f"equivalence.register(...) (or registry.register(Case(...))) in it")
+    return new
+
+
+def _import_source(source: str) -> None:
+    """Import a file path (``*.py`` or an existing file) or else a dotted module name."""
+    path = Path(source)
+    if path.suffix == ".py" or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"--cases: no such file {source!r}")
+        name = f"crosscheck_user_cases_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    elif source in sys.modules:  # imported before: run it again so that it registers again
+        importlib.reload(sys.modules[source])
+    else:
+        importlib.import_module(source)

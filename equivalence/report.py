@@ -112,18 +112,22 @@ def _clean(v):
     return v
 
 
+def jsonable(payload):
+    """Rows (Row objects or dicts) or any nest of dicts and lists, with Row objects as dicts and
+    inf/nan as strings, ready for ``json.dump``."""
+    if isinstance(payload, Row):
+        return {k: _clean(v) for k, v in payload.to_dict().items()}
+    if isinstance(payload, dict):
+        return {k: jsonable(v) for k, v in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return [jsonable(v) for v in payload]
+    return _clean(payload)
+
+
 def write_json(path: str, payload) -> None:
     """Write rows (Row objects or dicts) or any JSON-able payload; inf/nan become strings."""
-    def conv(o):
-        if isinstance(o, Row):
-            return {k: _clean(v) for k, v in o.to_dict().items()}
-        if isinstance(o, dict):
-            return {k: conv(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [conv(v) for v in o]
-        return _clean(o)
     with open(path, "w") as f:
-        json.dump(conv(payload), f, indent=1)
+        json.dump(jsonable(payload), f, indent=1)
         f.write("\n")
 
 

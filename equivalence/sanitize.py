@@ -8,7 +8,7 @@ the Oclgrind simulator, and reads Oclgrind's findings back. A row passes when Oc
 nothing while the case ran and the case's own comparison with the reference passed (so a launch
 that Oclgrind aborted part-way cannot pass on its findings alone).
 
-    crosscheck sanitize [--only PATTERN] [--json PATH]
+    crosscheck sanitize [--only PATTERN] [--cases FILE] [--json PATH]
 
 Example (abridged):
 
@@ -20,15 +20,23 @@ causal on and off, Tq < Tk and Tq > Tk (rows that see no key), T = 1, GQA and MQ
 D in {16, 40, 64, 128}, tiles that are not powers of two, tiles larger than T and ragged last
 tiles. Tiles fit Oclgrind's 32 KiB of local memory in float64. The whole run takes about half a
 minute.
+
+``--cases FILE`` runs your own cases instead: the Python file (or module) is imported with
+:func:`equivalence.registry.load_case_file`, and each case it registers that has an ``"opencl"``
+backend runs under Oclgrind in the same way, in every dtype of the case. A case without one is
+named in a note and skipped; a file without any such case exits with status 2. A finding names
+the kernel and the line of your kernel file (``Invalid read of size 8 (my_kernel at line 12)``).
+Keep the sizes small: Oclgrind interprets every instruction.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from equivalence.cases.flash_gpu import make_flash_gpu_case
-from equivalence.registry import select
+from equivalence.registry import Case, load_case_file, select
 from gpu_cupy import oclgrind
 
 F64, BOTH = ("float64",), ("float64", "float32")
@@ -43,22 +51,39 @@ SHAPES = [("T=1",          2, 2, 1,    1,  1,  16, True,      4,    4,     F64),
           ("causal",       1, 2, 1,   33, 33,  16, True,     16,    8,     BOTH)]
 
 
-def cases(pattern: str | None = None):
-    """The sanitizer's cases (the flash_gpu cases' code at the SHAPES above), filtered by a glob
-    or substring of their names."""
+_USER_CASES: dict[Path, list[Case]] = {}
+
+
+def user_cases(case_file: str) -> tuple[list[Case], list[Case]]:
+    """(the cases with an "opencl" backend, the others) that the user's ``case_file`` registers.
+    The file is imported once per process: registering its cases twice would be an error."""
+    key = Path(case_file).resolve()
+    if key not in _USER_CASES:
+        _USER_CASES[key] = load_case_file(case_file)
+    loaded = _USER_CASES[key]
+    return ([c for c in loaded if "opencl" in c.backends],
+            [c for c in loaded if "opencl" not in c.backends])
+
+
+def cases(pattern: str | None = None, case_file: str | None = None) -> list[Case]:
+    """The sanitizer's cases (the flash_gpu cases' code at the SHAPES above, or the cases of
+    ``case_file`` that have an "opencl" backend), filtered by a glob or substring of their
+    names."""
+    if case_file is not None:
+        return select(user_cases(case_file)[0], pattern)
     return select([make_flash_gpu_case(variant, *sizes, causal=causal, block_q=bq, block_k=bk,
                                        dtypes=dtypes)
                    for variant, *sizes, causal, bq, bk, dtypes in SHAPES], pattern)
 
 
-def child(pattern: str | None) -> int:
+def child(pattern: str | None, case_file: str | None = None) -> int:
     """Runs inside Oclgrind: every case on the opencl backend; rows as JSON on stdout."""
     from equivalence.harness import check_case
     from gpu_cupy import runtime
 
     ok, device = runtime.available("opencl")
     rows = []
-    for case in cases(pattern):
+    for case in cases(pattern, case_file):
         for dtype in case.dtypes:
             oclgrind.mark(f"{case.name} {dtype}")
             rows += [r.to_dict() for r in check_case(case, dtype=dtype, backends=["opencl"],
@@ -70,10 +95,15 @@ def child(pattern: str | None) -> int:
 
 def run(args) -> tuple[list[dict], list[str]]:
     """Run the child under Oclgrind; return (one row per case and dtype, problems). Problems
-    are what fails the run besides a row: the child crashed, ran elsewhere, reported nothing."""
+    are what the rows cannot show: the child crashed, ran elsewhere or reported nothing, or a
+    case raised (a kernel that does not compile, say: the message is the problem)."""
+    case_file = getattr(args, "cases", None)
     argv = ["-m", "equivalence.sanitize", "--child"]
     if getattr(args, "only", None):
         argv += ["--only", args.only]
+    if case_file is not None:  # a file's absolute path: the child may run elsewhere
+        argv += ["--cases", str(Path(case_file).resolve()) if Path(case_file).exists()
+                 else case_file]
     result = oclgrind.run_python(argv, timeout=getattr(args, "timeout", 900))
     problems = []
     if result.returncode != 0:
@@ -84,13 +114,15 @@ def run(args) -> tuple[list[dict], list[str]]:
     if "Oclgrind" not in payload["device"]:
         problems.append(f"the child ran on {payload['device']!r}, not on the Oclgrind simulator")
     rows = []
-    for case in cases(getattr(args, "only", None)):
+    for case in cases(getattr(args, "only", None), case_file):
         for dtype in case.dtypes:
             label = f"{case.name} {dtype}"
             found = [f for f in result.findings if f.work == label]
             checks = [r for r in payload["rows"] if r["case"] == case.name and r["dtype"] == dtype]
             if not checks:
                 problems.append(f"{label}: the harness gave no rows")
+            problems += [f"{label}: {r['backend']} raised {r['note']}" for r in checks
+                         if r["tensor"] == "(run)"]  # the harness's row for an exception
             rows.append({"case": case.name, "dtype": dtype, "findings": len(found),
                          "first finding": found[0].summary() if found else "-",
                          "checks": len(checks),
@@ -106,6 +138,10 @@ def run(args) -> tuple[list[dict], list[str]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", help="glob or substring of the sanitizer's case names")
+    parser.add_argument("--cases", metavar="FILE",
+                        help="a Python file (or module) that registers your own cases: those "
+                             "with an \"opencl\" backend run under Oclgrind instead of the "
+                             "built-in ones")
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds the run under Oclgrind may take (default 900)")
 
@@ -114,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m equivalence.sanitize")
     p.add_argument("--child", action="store_true", help="run the cases (inside Oclgrind)")
     p.add_argument("--only")
+    p.add_argument("--cases")
     args = p.parse_args(argv)
     if not args.child:
         from equivalence.cli import main as cli_main
-        return cli_main(["sanitize"] + (["--only", args.only] if args.only else []))
-    return child(args.only)
+        return cli_main(["sanitize"] + (["--only", args.only] if args.only else [])
+                        + (["--cases", args.cases] if args.cases else []))
+    return child(args.only, args.cases)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,14 @@ makes NVRTC run ptxas, and ``--ptxas-options=-v`` puts its report in the program
 Which configurations are compiled: every ``kernels/*.cu``; if the launcher module of the same
 name (``gpu_cupy.<stem>``) has ``nvrtc_configs(dtype) -> [(defines, kernel names)]`` those
 defines are used and those kernels reported, otherwise the file is compiled once with only the
-dtype define and every kernel is reported.
+dtype define and every kernel is reported. A user's own file (any path outside ``kernels/``) is
+compiled once per arch and dtype with the defines given and every kernel is reported:
+
+    >>> compile_all(("sm_90",), ("float32",), files=["my_kernel.cu"],
+    ...             defines={"NUM_THREADS": 128})                               # doctest: +SKIP
+
+A source that does not compile raises :class:`gpu_cupy.runtime.KernelBuildError`, whose message
+gives NVRTC's diagnostics at the lines of the kernel file (``my_kernel.cu:12: error: ...``).
 """
 from __future__ import annotations
 
@@ -56,14 +63,26 @@ def _check(result, what: str, log: str = ""):
 
 
 def compile_log(source: str, options: list[str], name: str = "kernel.cu") -> str:
-    """Compile CUDA C ``source`` with NVRTC and return the program log (raises on errors)."""
+    """Compile CUDA C ``source`` with NVRTC and return the program log (raises
+    :class:`~gpu_cupy.runtime.KernelBuildError` on errors, at the lines of kernel file ``name``
+    when ``source`` is ``runtime.kernel_source("cupy", name)``)."""
     return _compile(source, options, name)[0]
 
 
 def compile_ptx(source: str, options: list[str], name: str = "kernel.cu") -> str:
-    """Compile CUDA C ``source`` with NVRTC and return the PTX (raises on errors). With a
-    virtual architecture (``--gpu-architecture=compute_80``) this is what ptxas would get."""
+    """Compile CUDA C ``source`` with NVRTC and return the PTX (raises as :func:`compile_log`).
+    With a virtual architecture (``--gpu-architecture=compute_80``) this is what ptxas would
+    get."""
     return _compile(source, options, name, ptx=True)[1]
+
+
+def _build_error(source: str, options: list[str], name: str, log: str):
+    """The KernelBuildError for NVRTC's ``log``: lines are kernel-file lines when ``source``
+    starts with the CUDA prelude as :func:`runtime.kernel_source` puts it, else as compiled."""
+    prelude = source.startswith(runtime.prelude("cupy") + "\n")
+    return runtime.KernelBuildError.from_log(
+        name, "cupy", log, f"NVRTC could not compile {name} with {' '.join(options)}",
+        offset=None if prelude else 0)
 
 
 def _compile(source: str, options: list[str], name: str, ptx: bool = False):
@@ -79,7 +98,7 @@ def _compile(source: str, options: list[str], name: str, ptx: bool = False):
         _check(nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
         log = buf.decode(errors="replace").rstrip("\x00 \n")
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise RuntimeError(f"NVRTC could not compile {name} with {options}: {err}\n{log}")
+            raise _build_error(source, options, name, log)
         if not ptx:
             return log, None
         size = _check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
@@ -127,17 +146,28 @@ def _configs(stem: str, dtype: str) -> list[tuple[dict, tuple[str, ...] | None]]
     return [({"REAL_IS_DOUBLE": 1} if dtype == "float64" else {}, None)]
 
 
-def compile_all(archs=ARCHS, dtypes=DTYPES, files=None) -> list[dict]:
-    """One row per (kernel, configuration, arch, dtype) of every ``kernels/*.cu``:
-    file, kernel, defines, arch, dtype, registers, spill_stores, spill_loads, stack_bytes,
+def _file_configs(filename: str, dtype: str,
+                  defines: dict) -> list[tuple[dict, tuple[str, ...] | None]]:
+    """What :func:`compile_all` compiles of ``filename``: a file of ``kernels/`` in its
+    launcher's configurations (:func:`_configs`) with ``defines`` added, a user's own file once
+    with ``defines`` and the dtype's define, every kernel reported."""
+    path = runtime.kernel_path(filename)
+    if path.resolve().parent == runtime.KERNEL_DIR.resolve():
+        return [({**defs, **defines}, kernels) for defs, kernels in _configs(path.stem, dtype)]
+    return [(({"REAL_IS_DOUBLE": 1} if dtype == "float64" else {}) | defines, None)]
+
+
+def compile_all(archs=ARCHS, dtypes=DTYPES, files=None, defines=None) -> list[dict]:
+    """One row per (kernel, configuration, arch, dtype) of every ``kernels/*.cu``, or of
+    ``files`` (names in ``kernels/`` or paths to a user's own files), compiled with ``defines``
+    too: file, kernel, defines, arch, dtype, registers, spill_stores, spill_loads, stack_bytes,
     smem_bytes."""
     files = sorted(p.name for p in runtime.KERNEL_DIR.glob("*.cu")) if files is None else files
     rows = []
     for filename in files:
         source = runtime.kernel_source("cupy", filename)
-        stem = filename.rsplit(".", 1)[0]
         for dtype in dtypes:
-            for defs, kernels in _configs(stem, dtype):
+            for defs, kernels in _file_configs(filename, dtype, defines or {}):
                 for arch in archs:
                     log = compile_log(source, [f"--gpu-architecture={arch}",
                                                "--ptxas-options=-v"]

@@ -110,8 +110,9 @@ def available() -> tuple[bool, str]:
 
 
 def prelude_lines(backend: str = "opencl") -> int:
-    """Lines that :func:`gpu_cupy.runtime.kernel_source` puts before a kernel file's first line."""
-    return runtime.prelude(backend).count("\n") + 1
+    """Lines that :func:`gpu_cupy.runtime.kernel_source` puts before a kernel file's first line
+    (the same for the built-in kernels and a user's own file)."""
+    return runtime.prelude_lines(backend)
 
 
 def parse_findings(stderr: str) -> list[Finding]:

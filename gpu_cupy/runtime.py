@@ -11,9 +11,13 @@ A launcher module is written once against these functions and runs on either bac
 
 ``backend`` is ``"opencl"`` or ``"cupy"``. A grid counts blocks, as in CUDA; OpenCL's global size
 is grid * block per dimension and its local size is block. Kernel sources live in
-``gpu_cupy/kernels/`` and are written in the dialect of ``kernels/DIALECT.md``; :func:`build`
-prepends the runtime's prelude, passes the defines as ``-DNAME=VALUE`` and caches the compiled
-program by (backend, device, source text, defines), because a build takes about a second on PoCL.
+``gpu_cupy/kernels/`` or anywhere else (a user's own file, see :func:`kernel_path`) and are
+written in the dialect of ``kernels/DIALECT.md``; :func:`build` prepends the runtime's prelude,
+passes the defines as ``-DNAME=VALUE`` and caches the compiled program by (backend, device,
+source text, defines), because a build takes about a second on PoCL. A source that does not
+compile raises :class:`KernelBuildError`, whose message gives each compiler diagnostic at its
+line in the kernel file (the prelude's lines taken off), e.g. ``my_kernel.cu:12: error: use of
+undeclared identifier 'NUM_THREADS'``.
 Scalar kernel arguments must be NumPy scalars (``np.int32``, ``np.float32``, ``np.float64``) so
 that their width on the device is never guessed.
 
@@ -25,8 +29,11 @@ complete only once it is read or the stream is synchronised
 from __future__ import annotations
 
 import functools
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -118,6 +125,72 @@ def available(backend: str, dtype=None) -> tuple[bool, str]:
     return True, f"{info.name} ({backend})"
 
 
+# ----------------------------------------------------------------------------- build errors
+
+# One diagnostic line of a compiler log: clang's (PoCL, Oclgrind) ``input.cl:42:27: error: ...``
+# or PoCL's ``error: /.../tempfile_x.cl:42:27: ...``, and NVRTC's ``k.cu(42): error: ...``.
+# Source echoes and carets are indented, so a diagnostic starts in the first column.
+_SEVERITY = r"(?:fatal error|catastrophic error|error|warning(?: #\S+)?|remark|note)"
+_CLANG = re.compile(rf"^(?:(?P<severity>{_SEVERITY}): )?(?P<file>[^\s:]+):(?P<line>\d+):"
+                    rf"(?:\d+:)? (?P<message>(?(severity)|{_SEVERITY}: ).+)$")
+_NVRTC = re.compile(rf"^(?P<file>\S[^()]*)\((?P<line>\d+)\): (?P<message>{_SEVERITY}: .+)$")
+
+
+class Diagnostic(NamedTuple):
+    """One compiler diagnostic: the ``line`` it names in ``file`` and its ``message``."""
+    line: int
+    message: str          # with its severity, e.g. "error: expected ';' after expression"
+    file: str             # the kernel file, or the prelude for a line that lies in it
+
+
+class KernelBuildError(RuntimeError):
+    """A kernel source that does not compile. ``diagnostics`` holds the compiler's (line,
+    message) pairs at the lines of kernel file ``filename`` (the prelude's lines taken off; a
+    line in the prelude is named there), ``log`` the compiler's whole log. Its message is one
+    ``FILE:LINE: message`` line per diagnostic, then ``summary`` (what could not be compiled,
+    with which options); the log itself only when it has no diagnostic to show."""
+
+    def __init__(self, filename: str, backend: str, diagnostics: list[Diagnostic], log: str,
+                 summary: str):
+        self.filename, self.backend, self.diagnostics = filename, backend, diagnostics
+        self.log, self.summary = log, summary
+        lines = [f"{d.file}:{d.line}: {d.message}" for d in diagnostics] or [log.strip()]
+        super().__init__("\n".join(lines + [summary]))
+
+    @classmethod
+    def from_log(cls, filename: str, backend: str, log: str, summary: str,
+                 offset: int | None = None) -> "KernelBuildError":
+        """The error for compiler ``log`` of :func:`kernel_source` (``backend``, ``filename``).
+        ``offset``: lines before the file's first line (default: ``backend``'s prelude)."""
+        offset = prelude_lines(backend) if offset is None else offset
+        return cls(filename, backend, parse_diagnostics(log, filename, backend, offset), log,
+                   summary)
+
+
+def parse_diagnostics(log: str, filename: str, backend: str, offset: int) -> list[Diagnostic]:
+    """The diagnostics of a clang (PoCL, Oclgrind) or NVRTC ``log``; compiled line n is line
+    n - ``offset`` of ``filename``, or line n of ``backend``'s prelude when n <= ``offset``.
+
+    >>> log = 'k.cu(45): error: expected a ";"\\n      y[i] = x[i]\\n      ^'
+    >>> parse_diagnostics(log, "k.cu", "cupy", 40)
+    [Diagnostic(line=5, message='error: expected a ";"', file='k.cu')]
+    """
+    found = []
+    for raw in log.splitlines():
+        m = _CLANG.match(raw) or _NVRTC.match(raw)
+        if m is None:
+            continue
+        line = int(m.group("line"))
+        message = m.group("message")
+        if m.groupdict().get("severity"):
+            message = f"{m.group('severity')}: {message}"
+        if line > offset:
+            found.append(Diagnostic(line - offset, message, filename))
+        else:
+            found.append(Diagnostic(line, message, _PRELUDES[backend]))
+    return found
+
+
 # ----------------------------------------------------------------------------- programs
 
 @dataclass
@@ -137,10 +210,33 @@ def prelude(backend: str) -> str:
     return (KERNEL_DIR / _PRELUDES[backend]).read_text()
 
 
+def prelude_lines(backend: str) -> int:
+    """Lines that :func:`kernel_source` puts before a kernel file's first line (the prelude and
+    the newline after it): line n of the file is line n + prelude_lines(backend) compiled."""
+    return prelude(backend).count("\n") + 1
+
+
+def kernel_path(filename: str) -> Path:
+    """Where kernel file ``filename`` is. A bare name (``flash_attention.cu``) is a file of
+    ``kernels/`` when there is one; any other name (``my_kernel.cu`` in the working directory,
+    ``./flash_attention.cu``, ``src/k.cu``, an absolute path) is a path taken as it is, relative
+    to the working directory. Raises FileNotFoundError naming ``filename`` if neither exists."""
+    name = os.fspath(filename)
+    if not os.path.dirname(name) and (KERNEL_DIR / name).is_file():
+        return KERNEL_DIR / name
+    path = Path(name)
+    if not path.is_file():
+        where = f"{KERNEL_DIR} or " if not os.path.dirname(name) else ""
+        raise FileNotFoundError(f"filename: expected a kernel file in {where}{Path.cwd()} but "
+                                f"there is no file {name!r}")
+    return path
+
+
 def kernel_source(backend: str, filename: str) -> str:
-    """The text compiled for ``backend``: its prelude, a newline, then ``kernels/<filename>``
-    (an absolute path is taken as it is). Line n of the file is line n + prelude lines + 1."""
-    return prelude(backend) + "\n" + (KERNEL_DIR / filename).read_text()
+    """The text compiled for ``backend``: its prelude, a newline, then the kernel file
+    ``filename`` (see :func:`kernel_path`). Line n of the file is line n + prelude_lines
+    compiled."""
+    return prelude(backend) + "\n" + kernel_path(filename).read_text()
 
 
 def define_options(defines: dict) -> list[str]:
@@ -149,7 +245,9 @@ def define_options(defines: dict) -> list[str]:
 
 
 def build(backend: str, filename: str, defines: dict) -> Program:
-    """Compile ``kernels/<filename>`` with ``defines`` for ``backend``'s device (cached)."""
+    """Compile kernel file ``filename`` (a name in ``kernels/`` or a path, see
+    :func:`kernel_path`) with ``defines`` for ``backend``'s device (cached). On OpenCL a source
+    that does not compile raises :class:`KernelBuildError`."""
     source = kernel_source(backend, filename)
     options = define_options(defines)
     key = (backend, device(backend).name, source, tuple(options))
@@ -157,7 +255,15 @@ def build(backend: str, filename: str, defines: dict) -> Program:
         if backend == "opencl":
             import pyopencl as cl
             ctx, _, _ = _opencl()
-            handle = cl.Program(ctx, source).build(options=options)
+            try:
+                handle = cl.Program(ctx, source).build(options=options)
+            except cl.RuntimeError as exc:
+                if exc.code != cl.status_code.BUILD_PROGRAM_FAILURE:
+                    raise
+                raise KernelBuildError.from_log(
+                    os.fspath(filename), backend, str(exc),
+                    f"OpenCL ({device(backend).name}) could not compile {filename}"
+                    + (f" with {' '.join(options)}" if options else "")) from None
         else:
             import cupy
             handle = cupy.RawModule(code=source, options=tuple(options), backend="nvrtc")

@@ -13,8 +13,8 @@ from equivalence.cli import build_parser, main
 from gpu_cupy import runtime
 
 FAST = ["--repeats", "2", "--warmup", "0", "--min-time", "0"]
-ATTENTION = ["bench", "attention", "--shape", "1", "2", "16", "8",
-             "--mha-shape", "1", "8", "8", "2", *FAST]
+ATTENTION = ["bench", "attention", "--shape", "1,2,16,8",
+             "--mha-shape", "1,8,8,2", *FAST]
 FLASH = ["bench", "flash", "--t", "64", "128", "--d", "8", "--block", "16", "--speed-t", "48",
          *FAST]
 
@@ -74,7 +74,9 @@ def test_bench_attention_tables_at_two_thread_counts():
 def test_bench_flash_memory_speed_and_plot(tmp_path):
     plot = tmp_path / "flash_memory.png"
     tables = _run(FLASH + ["--max-naive-t", "100", "--plot", str(plot)])
-    assert list(tables) == ["memory", "memory growth", "ratios", "timings"]
+    assert list(tables) == ["memory", "memory growth", "plots", "ratios", "timings"]
+    assert tables["plots"] == [{"wrote": str(plot.resolve()),
+                                "shows": "peak traced memory of naive and tiled attention vs T"}]
     m64, m128 = tables["memory"]
     assert m64["T"] == 64 and 0 < m64["tiled MiB"] < m64["naive MiB"]
     assert m64["naive/tiled"] == pytest.approx(m64["naive MiB"] / m64["tiled MiB"])
@@ -137,6 +139,20 @@ def test_a_failing_child_names_its_sides_and_shows_the_error():
     with pytest.raises(RuntimeError, match=r"bench child for broken side \(threads 1\) failed"
                                            r"(.|\n)*ValueError"):
         common.measure([side], args, threads=1)
+
+
+def test_flags_are_the_same_across_benches(capsys):
+    for argv in (ATTENTION, FLASH, ["bench", "flash", "--backend", "opencl"]):
+        args = build_parser(argv).parse_args(argv + ["--repeat", "3", "--threads", "1"])
+        assert args.repeats == 3 and args.threads == [1]
+    args = build_parser(ATTENTION).parse_args(ATTENTION)
+    assert args.shape == (1, 2, 16, 8)
+    argv = ["bench", "flash", "--backend", "opencl", "--shape", "1,2,1,16,8"]
+    assert build_parser(argv).parse_args(argv).shape == [(1, 2, 1, 16, 8)]
+    with pytest.raises(SystemExit):
+        build_parser(ATTENTION).parse_args(ATTENTION + ["--shape", "1,2,16"])
+    assert "expected B,H,T,D (4 positive ints, comma-separated) but got '1,2,16'" in \
+        capsys.readouterr().err
 
 
 def test_timing_arguments_are_checked():

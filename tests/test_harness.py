@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from equivalence.compare import compare, float32_bound
-from equivalence.gradcheck import gradcheck
+from equivalence.finite_differences import gradcheck
 from equivalence.harness import check_case
 from equivalence.registry import Case, single
 

@@ -18,7 +18,7 @@ thread count for both, warm-up, repeats, median with min and max).
    projection), and against the per-head loop of ``ref_numpy.mha``.
 
 ``--threads 1 2`` measures at both thread counts in one invocation. Quick smoke run:
-``crosscheck bench attention --shape 1 2 32 8 --mha-shape 1 16 8 2 --min-time 0``.
+``crosscheck bench attention --shape 1,2,32,8 --mha-shape 1,16,8,2 --min-time 0``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ import math
 import numpy as np
 
 from equivalence.bench.common import (Side, add_timing_arguments, check_timing_arguments,
-                                      measure, ratio_row, thread_settings, timing_row)
+                                      measure, ratio_row, shape_type, thread_settings,
+                                      timing_row)
 
 HERE = "equivalence.bench.attention"
 SAME_MATH_TARGET = 1.0      # NumPy / torch autograd of the same math
@@ -36,10 +37,10 @@ SDPA_TARGET = 2.0           # NumPy / F.scaled_dot_product_attention
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shape", type=int, nargs=4, default=[4, 8, 512, 64],
-                        metavar=("B", "H", "T", "D"), help="SDPA shape (default 4 8 512 64)")
-    parser.add_argument("--mha-shape", type=int, nargs=4, default=[4, 512, 512, 8],
-                        metavar=("B", "T", "C", "H"), help="MHA shape (default 4 512 512 8)")
+    parser.add_argument("--shape", type=shape_type("B,H,T,D"), default=(4, 8, 512, 64),
+                        metavar="B,H,T,D", help="SDPA shape (default 4,8,512,64)")
+    parser.add_argument("--mha-shape", type=shape_type("B,T,C,H"), default=(4, 512, 512, 8),
+                        metavar="B,T,C,H", help="MHA shape (default 4,512,512,8)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--part", choices=("sdpa", "mha", "all"), default="all")
     parser.add_argument("--seed", type=int, default=0)
@@ -165,10 +166,6 @@ def torch_mha_module(shape, dtype, seed):
 
 def _check(args) -> None:
     check_timing_arguments(args)
-    for name in ("shape", "mha_shape"):
-        if any(n < 1 for n in getattr(args, name)):
-            raise ValueError(f"--{name.replace('_', '-')}: expected positive sizes but got "
-                             f"{getattr(args, name)}")
     B, T, C, H = args.mha_shape
     if C % H:
         raise ValueError(f"--mha-shape: expected C divisible by H but got C = {C}, H = {H}")

@@ -28,6 +28,7 @@ its array buffers to tracemalloc, so the figure counts every array the op alloca
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import importlib
 import json
@@ -79,12 +80,29 @@ def add_timing_arguments(parser, default_threads: list[int] | None = None) -> No
     parser.add_argument("--threads", type=int, nargs="+", default=default_threads, metavar="N",
                         help=f"thread counts to measure at, each in its own children, for torch "
                              f"and BLAS alike (default: {default})")
-    parser.add_argument("--repeats", type=int, default=7,
+    parser.add_argument("--repeats", "--repeat", type=int, default=7,
                         help="timed repeats per side; the median is reported (default 7)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     parser.add_argument("--min-time", type=float, default=0.5, metavar="S",
                         help="seconds one repeat lasts at least; fast calls are repeated inside "
                              "it (default 0.5)")
+
+
+def shape_type(letters: str):
+    """An argparse type for ``--shape``: comma-separated positive ints, one per letter.
+
+    >>> shape_type("B,H,T,D")("4,8,512,64")
+    (4, 8, 512, 64)
+    """
+    def parse(text: str) -> tuple[int, ...]:
+        parts = text.split(",")
+        if len(parts) != len(letters.split(",")) or not all(
+                p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise argparse.ArgumentTypeError(f"expected {letters} ({len(letters.split(','))} "
+                                             f"positive ints, comma-separated) but got {text!r}")
+        return tuple(int(p) for p in parts)
+    parse.__name__ = f"shape {letters}"
+    return parse
 
 
 def check_timing_arguments(args) -> None:
@@ -176,8 +194,9 @@ def ratio_row(candidate: Timing, peer: Timing, comparison: str, target: float | 
             "met": "-" if target is None else ("yes" if ratio <= target else "NO")}
 
 
-def save_plot(path: str, draw, *, size=(6.0, 4.0)) -> None:
-    """Draw on one matplotlib Axes with ``draw(ax)`` and write a PNG at ``path``."""
+def save_plot(path: str, draw, what: str, *, size=(6.0, 4.0)) -> dict:
+    """Draw on one matplotlib Axes with ``draw(ax)``, write a PNG at ``path``, and return the
+    row that says so (a bench adds it to its ``plots`` table)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -190,6 +209,7 @@ def save_plot(path: str, draw, *, size=(6.0, 4.0)) -> None:
         fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)
+    return {"wrote": os.path.abspath(path), "shows": what}
 
 
 def print_tables(tables: dict[str, list[dict]], title: str, console) -> None:

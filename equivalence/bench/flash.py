@@ -128,9 +128,12 @@ def _memory(args) -> tuple[list[dict], list[dict]]:
                        "linear": T2 / T1, "quadratic": (T2 / T1) ** 2,
                        "target": "<= 2.2" if met is not None else "-",
                        "met": "-" if met is None else ("yes" if met else "NO")})
+    plots = []
     if args.plot:
-        save_plot(args.plot, lambda ax: _draw_memory(ax, Ts, mib, args.d, args.block))
-    return rows, growth
+        plots.append(save_plot(args.plot, lambda ax: _draw_memory(ax, Ts, mib, args.d,
+                                                                   args.block),
+                               "peak traced memory of naive and tiled attention vs T"))
+    return rows, growth, plots
 
 
 def _draw_memory(ax, Ts, mib, D: int, block: int) -> None:
@@ -161,8 +164,8 @@ def _speed(args, threads, timings, ratios) -> None:
 
 
 def run(args) -> dict[str, list[dict]]:
-    """Tables ``memory`` and ``memory growth`` (``--part memory``), ``ratios`` and ``timings``
-    (``--part speed``)."""
+    """Tables ``memory``, ``memory growth`` and (with ``--plot``) ``plots`` for ``--part memory``;
+    ``ratios`` and ``timings`` for ``--part speed``."""
     for name in ("d", "block", "speed_t"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive int but got "
@@ -172,7 +175,9 @@ def run(args) -> dict[str, list[dict]]:
     check_timing_arguments(args)
     tables: dict[str, list[dict]] = {}
     if args.part in ("memory", "all"):
-        tables["memory"], tables["memory growth"] = _memory(args)
+        tables["memory"], tables["memory growth"], plots = _memory(args)
+        if plots:
+            tables["plots"] = plots
     if args.part in ("speed", "all"):
         timings, ratios = [], []
         for threads in thread_settings(args):

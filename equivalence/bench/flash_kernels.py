@@ -22,12 +22,10 @@ Example: ``crosscheck bench flash --backend opencl --shape 1,4,4,256,64 --mask c
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 from equivalence.bench.common import (Side, check_timing_arguments, libraries, measure,
-                                      thread_settings)
+                                      shape_type, thread_settings)
 from gpu_cupy import flash_attention as gpu_flash
 from gpu_cupy import runtime
 
@@ -39,18 +37,11 @@ DEFAULT_SHAPES = {  # (B, H, Hkv, T, D)
 }
 
 
-def _shape(text: str) -> tuple[int, ...]:
-    parts = text.split(",")
-    if len(parts) != 5 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected B,H,Hkv,T,D (five positive ints) but got "
-                                         f"{text!r}")
-    return tuple(int(p) for p in parts)
-
-
 def add_arguments(parser) -> None:
     """Options of the kernel benchmark (``--backend`` and the timing options come from
     ``crosscheck bench flash`` itself)."""
-    parser.add_argument("--shape", type=_shape, action="append", metavar="B,H,Hkv,T,D",
+    parser.add_argument("--shape", type=shape_type("B,H,Hkv,T,D"), action="append",
+                        metavar="B,H,Hkv,T,D",
                         help="a shape to time (repeatable; default depends on the backend)")
     parser.add_argument("--mask", choices=("none", "causal", "both"), default="both",
                         help="causal mask off, on, or both (default both)")

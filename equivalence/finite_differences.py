@@ -13,7 +13,10 @@ the forward alone::
   scalar ``<f(x + eps v), u>`` against ``<g_i(u), v>`` from the backward.
 
 Defaults are torch.autograd.gradcheck's (eps 1e-6, atol 1e-5, rtol 1e-3); pass iff
-``|analytic - numeric| <= atol + rtol * |numeric|`` everywhere.
+``|analytic - numeric| <= atol + rtol * |numeric|`` everywhere. ``mode`` forces the full
+Jacobian or the projections whatever the size. As torch's ``nondet_tol``, the backward is also
+called twice with the same upstream gradient, and the two results must agree to ``nondet_tol``
+(exactly, by default): a backward that is not deterministic, or that changes its cache, fails.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from equivalence.registry import Case
 
 EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3
 FULL_MAX = 256
+MODES = ("auto", "full", "projections")
 
 
 def _outputs(case: Case, inputs: dict) -> dict[str, np.ndarray]:
@@ -46,11 +50,23 @@ def _shifted(inputs: dict, name: str, direction: np.ndarray, step: float) -> dic
 
 def gradcheck(case: Case, inputs: dict[str, np.ndarray], *, rng: np.random.Generator,
               eps: float = EPS, atol: float = ATOL, rtol: float = RTOL, n_proj: int = 3,
-              full_max: int = FULL_MAX) -> list[Row]:
+              full_max: int = FULL_MAX, mode: str = "auto", nondet_tol: float = 0.0,
+              ) -> list[Row]:
     """Check ``case.backward`` against central differences of ``case.forward``; one row per input.
 
-    ``inputs`` must be float64 (integer and boolean inputs are held fixed).
+    ``inputs`` must be float64 (integer and boolean inputs are held fixed). ``mode``: "auto" (the
+    full Jacobian when every input and output has at most ``full_max`` elements, else
+    ``n_proj`` random projections), "full" or "projections".
     """
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {list(MODES)} but got {mode!r}")
+    for name, value in (("eps", eps), ("atol", atol), ("rtol", rtol), ("nondet_tol", nondet_tol)):
+        if not (isinstance(value, (int, float)) and value >= 0 and np.isfinite(value)):
+            raise ValueError(f"{name}: expected a finite number >= 0 but got {value!r}")
+    if not eps > 0:
+        raise ValueError(f"eps: expected a step > 0 but got {eps!r}")
+    if isinstance(n_proj, bool) or not isinstance(n_proj, int) or n_proj < 1:
+        raise ValueError(f"n_proj: expected an int >= 1 but got {n_proj!r}")
     inputs = {k: (v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v)
               for k, v in inputs.items()}
     outs = _outputs(case, inputs)
@@ -68,7 +84,11 @@ def gradcheck(case: Case, inputs: dict[str, np.ndarray], *, rng: np.random.Gener
                     for name in case.grad_wrt]
     for name in case.grad_wrt:
         x = inputs[name]
-        full = x.size <= full_max and n_out <= full_max
+        repeat = _nondeterminism_row(case, name, outs, cache, rng, nondet_tol, tol)
+        if repeat is not None:
+            rows.append(repeat)
+            continue
+        full = mode == "full" or (mode == "auto" and x.size <= full_max and n_out <= full_max)
         if full:
             num, ana, labels = _full_jacobian(case, inputs, name, outs, cache, eps)
         else:
@@ -96,6 +116,26 @@ def gradcheck(case: Case, inputs: dict[str, np.ndarray], *, rng: np.random.Gener
                   f"worst: {labels(k)} (numeric = reference, analytic = got)") if num.size
             else "empty"))
     return rows
+
+
+def _nondeterminism_row(case, name, outs, cache, rng, nondet_tol, tol) -> Row | None:
+    """A failing row when two backward calls with one upstream gradient differ by more than
+    ``nondet_tol`` (None when they agree)."""
+    u = {n: np.where(np.isinf(o), 0.0, rng.standard_normal(o.shape)) for n, o in outs.items()}
+    first = np.array(case.backward(u, cache)[name], dtype=np.float64)
+    second = np.array(case.backward(u, cache)[name], dtype=np.float64)
+    if first.shape != second.shape:
+        diff = float("inf")
+    else:
+        diff = float(np.max(np.abs(first - second))) if first.size else 0.0
+    if diff <= nondet_tol:
+        return None
+    return Row(case=case.name, backend="gradcheck", dtype="float64", tensor=name,
+               shape=tuple(first.shape), max_abs=diff, max_rel=float("inf"), tolerance=tol,
+               fraction=float("inf"), passed=False,
+               note=f"two backward calls with the same upstream gradient differ by {diff:.3e} "
+                    f"> nondet_tol {nondet_tol:g} (a nondeterministic backward, or one that "
+                    f"changes its cache)")
 
 
 def _full_jacobian(case, inputs, name, outs, cache, eps):
