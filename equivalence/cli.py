@@ -4,7 +4,9 @@
                    [--backend NAME ...] [--seed N] [--json PATH] [--markdown PATH] [--verbose]
                    [--no-gradcheck]
     crosscheck list [--only PATTERN]
-    crosscheck bench attention|flash [options] [--json PATH]
+    crosscheck bench attention|flash|optim|tokenizer|moe [options] [--json PATH]
+    crosscheck plot positional --out DIR
+    crosscheck tokenizer train|encode|decode ...
     crosscheck kernels [--file FILE.cu] [--define NAME=VALUE ...] [--json PATH]
     crosscheck sanitize [--only PATTERN] [--cases FILE] [--json PATH]
 
@@ -23,6 +25,8 @@ from rich.markup import escape
 
 from equivalence.bench import BENCHES, KERNEL_BENCHES
 
+PLOTS = {"positional": "equivalence.plot_positional"}   # name -> module, as the benches
+TOKENIZER = "equivalence.tokenizer_cli"
 KERNELS = "equivalence.kernels_report"
 SANITIZE = "equivalence.sanitize"
 
@@ -202,6 +206,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             importlib.import_module(KERNEL_BENCHES[name]).add_arguments(
                 bp.add_argument_group("kernel backends"))
 
+    pl = sub.add_parser("plot", help="figures as PNG files (--out DIR)")
+    plsub = pl.add_subparsers(dest="plot", required=True)
+    for name, module in PLOTS.items():
+        pp = plsub.add_parser(name)
+        if argv[:2] == ["plot", name]:
+            importlib.import_module(module).add_arguments(pp)
+    t = sub.add_parser("tokenizer", help="byte-level BPE: train, encode, decode")
+    if argv[:1] == ["tokenizer"]:
+        importlib.import_module(TOKENIZER).add_arguments(t)
     k = sub.add_parser("kernels", help="NVRTC build of every kernel: registers, spills, smem")
     k.add_argument("--json", metavar="PATH")
     if argv[:1] == ["kernels"]:
@@ -275,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run_bench(module, args, console, f"bench {args.bench}")
     if args.command == "sanitize":
         return cmd_sanitize(args, console)
+    if args.command == "plot":
+        return _run_module(PLOTS[args.plot], args, console, f"plot {args.plot}")
+    if args.command == "tokenizer":
+        return importlib.import_module(TOKENIZER).main(args)
     return _run_module(KERNELS, args, console, "kernels: NVRTC ptxas figures")
 
 

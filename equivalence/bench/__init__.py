@@ -8,6 +8,9 @@ plots and JSON output that every bench shares.
 BENCHES = {  # name -> module
     "attention": "equivalence.bench.attention",
     "flash": "equivalence.bench.flash",
+    "optim": "equivalence.bench.optim",
+    "tokenizer": "equivalence.bench.tokenizer",
+    "moe": "equivalence.bench.moe",
 }
 # ``crosscheck bench flash --backend opencl|cupy`` times the kernels instead
 KERNEL_BENCHES = {"flash": "equivalence.bench.flash_kernels"}

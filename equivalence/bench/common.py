@@ -235,14 +235,18 @@ def _build(side: dict):
 
 
 def _runtime() -> dict:
-    """Versions and thread pools as this process sees them (after the builders ran)."""
-    from threadpoolctl import threadpool_info
-
+    """Versions and thread pools as this process sees them (after the builders ran). Without
+    threadpoolctl (a GPU image may lack it) the pools are not listed, and it says so."""
     import numpy
-    info = {"python": platform.python_version(), "numpy": numpy.__version__,
-            "pools": [{k: pool.get(k) for k in ("user_api", "internal_api", "version",
-                                                 "num_threads", "architecture")}
-                      for pool in threadpool_info()]}
+    info = {"python": platform.python_version(), "numpy": numpy.__version__, "pools": []}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        info["pools_note"] = "threadpoolctl is not installed: thread pools not listed"
+    else:
+        info["pools"] = [{k: pool.get(k) for k in ("user_api", "internal_api", "version",
+                                                    "num_threads", "architecture")}
+                         for pool in threadpool_info()]
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
