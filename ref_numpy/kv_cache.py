@@ -18,7 +18,11 @@ j <= i + Tk − Tq), which is exactly the mask of the last Tq rows of the full s
 
 so decoding one token at a time, or in chunks of any size, reproduces the rows of one causal
 forward over the whole sequence (to rounding; the row computations are the same numbers).
-ALiBi (``ref_numpy.alibi``) uses the same alignment, so its biases match too.
+ALiBi (``ref_numpy.alibi``) uses the same alignment, so its biases match too. With RoPE
+(``rope=RoPE(...)``) the new queries and keys are rotated at positions length … length + t − 1
+before the keys are cached, so the cache holds rotated keys and decoding still equals one
+causal forward (except for the "dynamic" scaling past its trained length: keys already cached
+keep the frequencies they were rotated with).
 
 Shape letters: B batch, H query heads, Hkv key/value heads, D head dim, L capacity (max_len),
 t new tokens of one step, C model width.
@@ -29,6 +33,7 @@ import numpy as np
 
 from ref_numpy import alibi as alibi_mod
 from ref_numpy import attention, mha
+from ref_numpy import rope as rope_mod
 from ref_numpy._check import check_float, check_scale, check_shape
 
 
@@ -110,7 +115,7 @@ class KVCache:
 
 
 def cached_attention(q_new, k_new, v_new, cache: KVCache, *, scale=None, window=None,
-                     alibi: bool = False):
+                     alibi: bool = False, rope=None):
     """One decoding step: append k_new, v_new to the cache, attend q_new to everything cached.
 
         O = softmax(scale · Q_new [K_past | K_new]ᵀ + causal (+ ALiBi)) [V_past | V_new]
@@ -121,6 +126,8 @@ def cached_attention(q_new, k_new, v_new, cache: KVCache, *, scale=None, window=
         cache: the :class:`KVCache` of this sequence (appended to).
         scale, window: as in ``ref_numpy.attention.attention_forward``.
         alibi: add the ALiBi bias of ``ref_numpy.alibi`` for H heads.
+        rope: a ``ref_numpy.rope.RoPE`` that rotates q_new and k_new at their positions
+            (length … length + t − 1) before k_new is cached, or None.
 
     Returns:
         out: (B, H, t, D), equal to rows length − t … length − 1 of a causal forward over the
@@ -141,6 +148,9 @@ def cached_attention(q_new, k_new, v_new, cache: KVCache, *, scale=None, window=
     check_scale(scale, D)
     if window is not None:
         attention.check_window(window)
+    if rope is not None:
+        positions = rope_mod.rope_positions(t, offset=cache.length)   # (t,)
+        q_new, k_new, _ = rope_mod.rope_qk(q_new, k_new, rope, positions)
     k_all, v_all = cache.append(k_new, v_new)                         # (B, Hkv, length, D)
     Tk = k_all.shape[2]
     bias = alibi_mod.alibi_bias(H, t, Tk, dtype=q_new.dtype) if alibi else None   # (1, H, t, Tk)
@@ -150,7 +160,7 @@ def cached_attention(q_new, k_new, v_new, cache: KVCache, *, scale=None, window=
 
 
 def mha_decode(x_new, w_qkv, b_qkv, w_o, b_o, cache: KVCache, *, n_head, n_kv_head=None,
-               scale=None):
+               scale=None, rope=None):
     """One decoding step of causal multi-head self-attention (``ref_numpy.mha``) with a cache.
 
         [q | k | v] = x_new W_qkv + b_qkv;  append k, v;  y = merge(attend(q, cache)) W_o + b_o
@@ -158,16 +168,17 @@ def mha_decode(x_new, w_qkv, b_qkv, w_o, b_o, cache: KVCache, *, n_head, n_kv_he
     Args:
         x_new: (B, t, C) the new positions' inputs; weights as ``ref_numpy.mha.mha_forward``.
         cache: KVCache with Hkv = n_kv_head heads and D = head dim.
+        rope: as in :func:`cached_attention`.
 
     Returns:
-        y: (B, t, C), equal to the last t rows of ``mha_forward(x, ..., causal=True)`` over
-        the whole sequence.
+        y: (B, t, C), equal to the last t rows of ``mha_forward(x, ..., causal=True,
+        rope=rope)`` over the whole sequence.
     """
     if n_kv_head is None:
         n_kv_head = n_head
     mha.check_args(x_new, w_qkv, b_qkv, w_o, b_o, n_head, n_kv_head)
     q, k, v = mha.project_qkv(x_new, w_qkv, b_qkv, n_head, n_kv_head)  # (B, H|Hkv, t, D)
-    o = cached_attention(q, k, v, cache, scale=scale)                  # (B, H, t, D)
+    o = cached_attention(q, k, v, cache, scale=scale, rope=rope)      # (B, H, t, D)
     y = mha.merge_heads(o) @ w_o                                       # (B, t, C)
     if b_o is not None:
         y += b_o

@@ -37,12 +37,17 @@ shared heads" picture and serve as an oracle; the attention op itself never copi
 Masks are those of ``ref_numpy.attention`` (True = may attend): ``causal``, ``key_mask`` (B, T)
 True = real token (NOTE: torch's ``key_padding_mask`` is the opposite, True = padding), and
 ``mask`` (T, T) bool or additive float.
+
+RoPE (``ref_numpy.rope``): ``mha_forward(..., rope=RoPE(D, ...))`` rotates q and k after the
+projection, at positions 0 … T − 1 or at per-row ``position_ids`` (B, T); ``mha_backward``
+rotates dq and dk back by −θ before the projection's gradients.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ref_numpy import attention
+from ref_numpy import rope as rope_mod
 from ref_numpy._check import check_cache, check_float, check_same_dtype, check_shape
 
 
@@ -166,7 +171,7 @@ def _check_mask_2d(mask) -> None:
 
 
 def mha_forward(x, w_qkv, b_qkv, w_o, b_o, *, n_head, n_kv_head=None, causal=False,
-                key_mask=None, mask=None, scale=None):
+                key_mask=None, mask=None, scale=None, rope=None, position_ids=None):
     """Multi-head self-attention, fused: one projection, all heads in one batched attention.
 
         [Q | K | V] = X W_qkv + b_qkv,  O = attention(Q, K, V),  Y = merge(O) W_o + b_o
@@ -178,18 +183,28 @@ def mha_forward(x, w_qkv, b_qkv, w_o, b_o, *, n_head, n_kv_head=None, causal=Fal
         n_head: H; n_kv_head: Hkv (default H; 1 = multi-query).
         causal, key_mask, mask, scale: as in ``ref_numpy.attention.attention_forward``
             (key_mask (B, T) True = real token; mask (T, T) bool or additive float).
+        rope: a ``ref_numpy.rope.RoPE`` with head_dim D to rotate q and k, or None.
+        position_ids: (B, T) ints, the positions RoPE uses (default 0 … T − 1); needs rope.
 
     Returns:
         y: (B, T, C).
         cache: dict with "op" ("mha_forward"), "x", the weights, "o" (B, T, H·D) merged
-            attention output and "attn" (the cache of ``attention_forward``, whose "lse" is
-            (B, H, T)).
+            attention output, "attn" (the cache of ``attention_forward``, whose "lse" is
+            (B, H, T)) and "rope" (the two ``rope_forward`` caches, or None).
     """
     if n_kv_head is None:
         n_kv_head = n_head
     H, Hkv, D = check_args(x, w_qkv, b_qkv, w_o, b_o, n_head, n_kv_head)
     _check_mask_2d(mask)
+    if position_ids is not None and rope is None:
+        raise ValueError("position_ids: given without rope; positions enter only through RoPE "
+                         "here")
     q, k, v = project_qkv(x, w_qkv, b_qkv, H, Hkv)                    # (B, H|Hkv, T, D)
+    rope_caches = None
+    if rope is not None:
+        positions = rope_mod.rope_positions(x.shape[1], position_ids=position_ids,
+                                            batch=x.shape[0])          # (T,) or (B, T)
+        q, k, rope_caches = rope_mod.rope_qk(q, k, rope, positions)
     o, attn = attention.attention_forward(q, k, v, causal=causal, key_mask=key_mask, mask=mask,
                                           scale=scale)                 # (B, H, T, D)
     o = merge_heads(o)                                                 # (B, T, H·D)
@@ -197,7 +212,7 @@ def mha_forward(x, w_qkv, b_qkv, w_o, b_o, *, n_head, n_kv_head=None, causal=Fal
     if b_o is not None:
         y += b_o
     cache = {"op": "mha_forward", "x": x, "w_qkv": w_qkv, "b_qkv": b_qkv, "w_o": w_o, "b_o": b_o,
-             "o": o, "attn": attn, "n_head": H, "n_kv_head": Hkv}
+             "o": o, "attn": attn, "n_head": H, "n_kv_head": Hkv, "rope": rope_caches}
     return y, cache
 
 
@@ -207,6 +222,7 @@ def mha_backward(dy, cache):
         Y = O W_o + b_o          →  dW_o = Oᵀ dY (summed over B, T),  db_o = Σ_{B,T} dY,
                                     dO = dY W_oᵀ
         O = merge(attention(Q, K, V))  →  dQ, dK, dV from ``attention_backward`` on the split dO
+        Q, K = RoPE(Q), RoPE(K)        →  dQ, dK rotated back by −θ (``rope_backward``)
         [Q | K | V] = X W_qkv + b_qkv  →  dW_qkv = Xᵀ [dQ | dK | dV],
                                           db_qkv = Σ_{B,T} [dQ | dK | dV],
                                           dX = [dQ | dK | dV] W_qkvᵀ
@@ -230,6 +246,8 @@ def mha_backward(dy, cache):
     db_o = None if cache["b_o"] is None else dy2.sum(axis=0)           # (C,)
     do = (dy2 @ w_o.T).reshape(B, T, H, D).transpose(0, 2, 1, 3)       # (B, H, T, D)
     dq, dk, dv, _ = attention.attention_backward(do, cache["attn"])
+    if cache["rope"] is not None:
+        dq, dk = rope_mod.rope_qk_grads(dq, dk, cache["rope"])
     dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, T, E)
     dqkv2 = dqkv.reshape(B * T, -1)                                    # (B·T, E)
     dw_qkv = x.reshape(B * T, C).T @ dqkv2                             # (C, E)

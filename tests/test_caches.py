@@ -19,7 +19,7 @@ import pytest
 
 import ref_numpy
 from ref_numpy import (activations, attention, cross_entropy, flash_attention, linear, mha, norms,
-                       online_softmax, softmax, swiglu)
+                       online_softmax, positional, rope, softmax, swiglu)
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,16 @@ def _sdpa(rng):
     return args, dict(kw, bias=rng.standard_normal((3, 5)))
 
 
+def _rope(rng):
+    """B = 1, H = 2, T = 3, D = 6, rotary_dim 4 (2 frequencies), positions 5, 6, 7."""
+    cos, sin = rope.rope_tables(np.array([1.0, 0.01]), np.arange(5, 8))
+    return (rng.standard_normal((1, 2, 3, 6)), cos, sin), {}
+
+
+def _learned_position(rng):
+    return (rng.standard_normal((6, 4)), np.array([[0, 1, 2], [0, 0, 5]])), {}
+
+
 def _mha(rng):
     """B = 2, T = 3, C = 8, H = 2, Hkv = 1, D = 4, E = (H + 2·Hkv)·D = 16."""
     return (rng.standard_normal((2, 3, 8)), rng.standard_normal((8, 16)) / 3,
@@ -109,6 +119,9 @@ OPS = [
        _like),
     Op(mha, mha.mha_forward, mha.mha_backward, _mha, _like),
     Op(mha, mha.mha_forward_per_head, mha.mha_backward_per_head, _mha, _like),
+    Op(rope, rope.rope_forward, rope.rope_backward, _rope, _like),
+    Op(positional, positional.learned_position_forward, positional.learned_position_backward,
+       _learned_position, _like),
     Op(flash_attention, flash_attention.flash_attention_forward,
        flash_attention.flash_attention_backward, _qkv(causal=True, block_q=2, block_k=2), _like),
 ]
