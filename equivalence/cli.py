@@ -4,9 +4,10 @@
                    [--backend NAME ...] [--seed N] [--json PATH] [--markdown PATH] [--verbose]
                    [--no-gradcheck]
     crosscheck list [--only PATTERN]
-    crosscheck bench attention|flash|optim|tokenizer|moe [options] [--json PATH]
+    crosscheck bench attention|flash|optim|tokenizer|moe|allreduce|paged [options] [--json PATH]
     crosscheck plot positional --out DIR
     crosscheck tokenizer train|encode|decode ...
+    crosscheck allreduce trace --ranks P --n N
     crosscheck kernels [--file FILE.cu] [--define NAME=VALUE ...] [--json PATH]
     crosscheck sanitize [--only PATTERN] [--cases FILE] [--json PATH]
 
@@ -27,6 +28,7 @@ from equivalence.bench import BENCHES, KERNEL_BENCHES
 
 PLOTS = {"positional": "equivalence.plot_positional"}   # name -> module, as the benches
 TOKENIZER = "equivalence.tokenizer_cli"
+ALLREDUCE = "equivalence.allreduce_cli"
 KERNELS = "equivalence.kernels_report"
 SANITIZE = "equivalence.sanitize"
 
@@ -215,6 +217,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t = sub.add_parser("tokenizer", help="byte-level BPE: train, encode, decode")
     if argv[:1] == ["tokenizer"]:
         importlib.import_module(TOKENIZER).add_arguments(t)
+    a = sub.add_parser("allreduce", help="the ring all-reduce's schedule, step by step")
+    if argv[:1] == ["allreduce"]:
+        importlib.import_module(ALLREDUCE).add_arguments(a)
     k = sub.add_parser("kernels", help="NVRTC build of every kernel: registers, spills, smem")
     k.add_argument("--json", metavar="PATH")
     if argv[:1] == ["kernels"]:
@@ -292,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_module(PLOTS[args.plot], args, console, f"plot {args.plot}")
     if args.command == "tokenizer":
         return importlib.import_module(TOKENIZER).main(args)
+    if args.command == "allreduce":
+        return importlib.import_module(ALLREDUCE).main(args)
     return _run_module(KERNELS, args, console, "kernels: NVRTC ptxas figures")
 
 

@@ -11,6 +11,8 @@ BENCHES = {  # name -> module
     "optim": "equivalence.bench.optim",
     "tokenizer": "equivalence.bench.tokenizer",
     "moe": "equivalence.bench.moe",
+    "allreduce": "equivalence.bench.allreduce",
+    "paged": "equivalence.bench.paged",
 }
 # ``crosscheck bench flash --backend opencl|cupy`` times the kernels instead
 KERNEL_BENCHES = {"flash": "equivalence.bench.flash_kernels"}
