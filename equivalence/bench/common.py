@@ -17,6 +17,7 @@ Timing one side (like ``timeit``'s autorange):
 
     warm-up    ``warmup`` calls: first-touch pages, BLAS threads, torch's kernel choice, programs
     calibrate  inner = calls per repeat, so that one repeat lasts at least ``min_time`` seconds
+               (a call that alone lasts that long counts as the first repeat)
     repeat     ``repeats`` times: time ``inner`` calls back to back, keep seconds per call
 
 The result is the median seconds per call with the min and max over the repeats; ``spread`` is
@@ -260,8 +261,9 @@ def _time_side(fn, repeats: int, warmup: int, min_time: float) -> tuple[list[flo
     fn()
     one = max(time.perf_counter() - t0, 1e-9)
     inner = max(1, math.ceil(min_time / one))
-    seconds = []
-    for _ in range(repeats):
+    # A call that fills a repeat alone (a slow one) is timed once as the first repeat already.
+    seconds = [one] if inner == 1 else []
+    while len(seconds) < repeats:
         gc.collect()
         t0 = time.perf_counter()
         for _ in range(inner):
