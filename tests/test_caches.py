@@ -20,6 +20,7 @@ import pytest
 import ref_numpy
 from ref_numpy import (activations, attention, cross_entropy, flash_attention, linear, mha, norms,
                        online_softmax, positional, rope, softmax, swiglu)
+from ref_numpy import moe, moe_router
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,22 @@ def _mha(rng):
             rng.standard_normal(8)), dict(n_head=2, n_kv_head=1, causal=True)
 
 
+def _moe_router(rng):
+    """N = 5 tokens, C = 4, E = 3, k = 2, capacity drops."""
+    return (rng.standard_normal((5, 4)), rng.standard_normal((4, 3)), rng.standard_normal(3)), \
+        dict(k=2, gate="softmax_topk_renorm", capacity_factor=0.75, balance_coef=0.1, z_coef=0.01)
+
+
+def _moe(rng):
+    """x (2, 3, 4), E = 3 experts of F = 5, k = 2, a shared expert of Fs = 2, capacity drops."""
+    return (rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 3)),
+            rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 4, 5)),
+            rng.standard_normal((3, 5, 4))), dict(
+        k=2, gate="topk_softmax", capacity_factor=0.75, shared_w1=rng.standard_normal((4, 2)),
+        shared_w3=rng.standard_normal((4, 2)), shared_w2=rng.standard_normal((2, 4)),
+        balance_coef=0.1, z_coef=0.01)
+
+
 OPS = [
     Op(softmax, softmax.softmax_forward, softmax.softmax_backward, _x, _like),
     Op(softmax, softmax.log_softmax_forward, softmax.log_softmax_backward, _x, _like),
@@ -124,6 +141,10 @@ OPS = [
        _learned_position, _like),
     Op(flash_attention, flash_attention.flash_attention_forward,
        flash_attention.flash_attention_backward, _qkv(causal=True, block_q=2, block_k=2), _like),
+    Op(moe_router, moe_router.router_forward, moe_router.router_backward, _moe_router,
+       lambda rng, out: rng.standard_normal(out.gates.shape)),
+    Op(moe, moe.moe_forward, moe.moe_backward, _moe,
+       lambda rng, out: rng.standard_normal(out.y.shape)),
 ]
 BY_NAME = {op.name: op for op in OPS}
 
