@@ -13,6 +13,7 @@ BENCHES = {  # name -> module
     "moe": "equivalence.bench.moe",
     "allreduce": "equivalence.bench.allreduce",
     "paged": "equivalence.bench.paged",
+    "flash-accuracy": "equivalence.bench.flash_accuracy",
 }
 # ``crosscheck bench flash --backend opencl|cupy`` times the kernels instead
 KERNEL_BENCHES = {"flash": "equivalence.bench.flash_kernels"}
