@@ -3,10 +3,10 @@
 The kernels' values are checked on PoCL by ``crosscheck run``; this command checks what PoCL
 cannot show (``gpu_cupy.oclgrind`` says why): data races in shared and global memory,
 out-of-bounds accesses and divergent barriers. It runs the equivalence harness's flash-kernel
-cases, at shapes small enough for an interpreter, in a child process whose only OpenCL device is
-the Oclgrind simulator, and reads Oclgrind's findings back. A row passes when Oclgrind reported
-nothing while the case ran and the case's own comparison with the reference passed (so a launch
-that Oclgrind aborted part-way cannot pass on its findings alone).
+and paged-KV-cache cases, at shapes small enough for an interpreter, in a child process whose
+only OpenCL device is the Oclgrind simulator, and reads Oclgrind's findings back. A row passes
+when Oclgrind reported nothing while the case ran and the case's own comparison with the
+reference passed (so a launch that Oclgrind aborted part-way cannot pass on its findings alone).
 
     crosscheck sanitize [--only PATTERN] [--cases FILE] [--json PATH]
 
@@ -18,8 +18,13 @@ Example (abridged):
 The shapes cover every kernel of ``kernels/flash_attention.cu`` (forward, Drow, dK/dV, dQ),
 causal on and off, Tq < Tk and Tq > Tk (rows that see no key), T = 1, GQA and MQA, B > 1,
 D in {16, 40, 64, 128}, tiles that are not powers of two, tiles larger than T and ragged last
-tiles. Tiles fit Oclgrind's 32 KiB of local memory in float64. The whole run takes about half a
-minute.
+tiles. Tiles fit Oclgrind's 32 KiB of local memory in float64.
+
+The paged KV cache kernels of ``kernels/paged_kv.cu`` run as ``paged_kv/step`` cases (write
+with a padding slot, gather, decode v1 and v2 in one row) at PAGED_SHAPES: block sizes 4, 5,
+16, 24 (two not powers of two), D in {8, 16, 64, 128}, MHA, GQA and MQA, ALiBi, windows that
+leave whole partitions out, contexts of several partitions, random non-contiguous page tables
+with lengths 1 and L. The whole run takes about half a minute.
 
 ``--cases FILE`` runs your own cases instead: the Python file (or module) is imported with
 :func:`equivalence.registry.load_case_file`, and each case it registers that has an ``"opencl"``
@@ -36,6 +41,7 @@ import sys
 from pathlib import Path
 
 from equivalence.cases.flash_gpu import make_flash_gpu_case
+from equivalence.cases.paged_kv import make_step_case
 from equivalence.registry import Case, load_case_file, select
 from gpu_cupy import oclgrind
 
@@ -49,6 +55,11 @@ SHAPES = [("T=1",          2, 2, 1,    1,  1,  16, True,      4,    4,     F64),
           ("tiles>T",      1, 2, 2,    6, 11,  16, False,    16,   16,     BOTH),
           ("causal",       1, 1, 1,   17, 17, 128, True,      8,    4,     BOTH),
           ("causal",       1, 2, 1,   33, 33,  16, True,     16,    8,     BOTH)]
+#               variant              S  H Hkv  BS    D   L   P  alibi  window  dtypes
+PAGED_SHAPES = [("mha",              2, 2, 2,   4,   8,  9,  4, False, None,   BOTH),
+                ("gqa-alibi-window", 3, 4, 2,   5,  16, 17, 10, True,  7,      BOTH),
+                ("mqa",              3, 2, 1,  16,  64, 40, 16, False, None,   BOTH),
+                ("mqa-window",       2, 2, 1,  24, 128, 50, 24, False, 30,     BOTH)]
 
 
 _USER_CASES: dict[Path, list[Case]] = {}
@@ -66,14 +77,18 @@ def user_cases(case_file: str) -> tuple[list[Case], list[Case]]:
 
 
 def cases(pattern: str | None = None, case_file: str | None = None) -> list[Case]:
-    """The sanitizer's cases (the flash_gpu cases' code at the SHAPES above, or the cases of
-    ``case_file`` that have an "opencl" backend), filtered by a glob or substring of their
-    names."""
+    """The sanitizer's cases (the flash_gpu cases' code at the SHAPES above and the paged_kv
+    step cases' at PAGED_SHAPES, or the cases of ``case_file`` that have an "opencl" backend),
+    filtered by a glob or substring of their names."""
     if case_file is not None:
         return select(user_cases(case_file)[0], pattern)
-    return select([make_flash_gpu_case(variant, *sizes, causal=causal, block_q=bq, block_k=bk,
-                                       dtypes=dtypes)
-                   for variant, *sizes, causal, bq, bk, dtypes in SHAPES], pattern)
+    flash = [make_flash_gpu_case(variant, *sizes, causal=causal, block_q=bq, block_k=bk,
+                                 dtypes=dtypes)
+             for variant, *sizes, causal, bq, bk, dtypes in SHAPES]
+    paged = [make_step_case(variant, *sizes, partition_size=P, alibi=alibi, window=window,
+                            dtypes=dtypes)
+             for variant, *sizes, P, alibi, window, dtypes in PAGED_SHAPES]
+    return select(flash + paged, pattern)
 
 
 def child(pattern: str | None, case_file: str | None = None) -> int:
