@@ -94,7 +94,9 @@ def _compile(source: str, options: list[str], name: str, ptx: bool = False):
         opts = [o.encode() for o in options]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        buf = b" " * size
+        # NVRTC writes into the buffer it is given: a fresh bytearray, never a bytes object
+        # (b" " * 1 is the interpreter's shared one-byte b" ", which it would overwrite).
+        buf = bytearray(size)
         _check(nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
         log = buf.decode(errors="replace").rstrip("\x00 \n")
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
@@ -102,7 +104,7 @@ def _compile(source: str, options: list[str], name: str, ptx: bool = False):
         if not ptx:
             return log, None
         size = _check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
-        buf = b" " * size
+        buf = bytearray(size)
         _check(nvrtc.nvrtcGetPTX(prog, buf), "nvrtcGetPTX")
         return log, buf.decode(errors="replace").rstrip("\x00")
     finally:

@@ -126,3 +126,13 @@ def test_configs_fall_back_only_when_the_launcher_module_is_absent(monkeypatch):
     monkeypatch.setattr(nvrtc.importlib, "import_module", broken_launcher)
     with pytest.raises(ModuleNotFoundError, match="missing_dep"):
         nvrtc._configs("flash_attention", "float32")
+
+
+def test_compiling_leaves_the_interpreters_one_byte_objects_alone():
+    # A kernel with an empty log has a log of size 1 (its NUL). NVRTC writes into the buffer it
+    # is handed; handed b" " * 1, which is the interpreter's shared b" ", it turned every
+    # bytes([32]) in the process into b"\x00" (seen as a BPE tokenizer spelling spaces as NULs).
+    source = 'extern "C" __global__ void k(float* x) { x[0] = 1.0f; }'
+    log, ptx = nvrtc._compile(source, ["--gpu-architecture=compute_80"], "k.cu", ptx=True)
+    assert log == "" and ".entry k" in ptx
+    assert bytes([32]) == b" " and bytes([32])[0] == 32 and b" ".decode() == " "
