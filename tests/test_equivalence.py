@@ -40,5 +40,6 @@ def test_every_component_has_cases():
     components = {c.component for c in CASES}
     expected = {"softmax", "log_softmax", "online_softmax", "cross_entropy", "rmsnorm",
                 "layernorm", "gelu", "silu", "swiglu", "linear", "embedding", "attention",
-                "flash", "flash_gpu", "sinusoid", "positional", "rope", "moe", "paged_kv"}
+                "flash", "flash_gpu", "sinusoid", "positional", "rope", "moe", "paged_kv", "optim", "schedule",
+                "grad_scaler", "clip_grad_norm"}
     assert expected <= components, f"no cases for {sorted(expected - components)}"
