@@ -8,6 +8,8 @@
     crosscheck plot positional --out DIR
     crosscheck tokenizer train|encode|decode ...
     crosscheck allreduce trace --ranks P --n N
+    crosscheck train [--data FILE] --config tiny-llama|tiny-gpt2 [--steps N] --out DIR
+    crosscheck generate --model DIR --prompt TEXT [--max-new-tokens N] [--temperature T] ...
     crosscheck kernels [--file FILE.cu] [--define NAME=VALUE ...] [--json PATH]
     crosscheck sanitize [--only PATTERN] [--cases FILE] [--json PATH]
 
@@ -29,6 +31,7 @@ from equivalence.bench import BENCHES, KERNEL_BENCHES
 PLOTS = {"positional": "equivalence.plot_positional"}   # name -> module, as the benches
 TOKENIZER = "equivalence.tokenizer_cli"
 ALLREDUCE = "equivalence.allreduce_cli"
+MODEL = "equivalence.model_cli"
 KERNELS = "equivalence.kernels_report"
 SANITIZE = "equivalence.sanitize"
 
@@ -217,6 +220,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t = sub.add_parser("tokenizer", help="byte-level BPE: train, encode, decode")
     if argv[:1] == ["tokenizer"]:
         importlib.import_module(TOKENIZER).add_arguments(t)
+    tr = sub.add_parser("train", help="train the NumPy model on text; checkpoints, loss PNG")
+    if argv[:1] == ["train"]:
+        importlib.import_module(MODEL).add_train_arguments(tr)
+    ge = sub.add_parser("generate", help="sample from a checkpoint, streaming tokens")
+    if argv[:1] == ["generate"]:
+        importlib.import_module(MODEL).add_generate_arguments(ge)
     a = sub.add_parser("allreduce", help="the ring all-reduce's schedule, step by step")
     if argv[:1] == ["allreduce"]:
         importlib.import_module(ALLREDUCE).add_arguments(a)
@@ -299,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         return importlib.import_module(TOKENIZER).main(args)
     if args.command == "allreduce":
         return importlib.import_module(ALLREDUCE).main(args)
+    if args.command == "train":
+        return importlib.import_module(MODEL).train_main(args)
+    if args.command == "generate":
+        return importlib.import_module(MODEL).generate_main(args)
     return _run_module(KERNELS, args, console, "kernels: NVRTC ptxas figures")
 
 

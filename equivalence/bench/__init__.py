@@ -14,6 +14,8 @@ BENCHES = {  # name -> module
     "allreduce": "equivalence.bench.allreduce",
     "paged": "equivalence.bench.paged",
     "flash-accuracy": "equivalence.bench.flash_accuracy",
+    "kernels": "equivalence.bench.kernels",
+    "train": "equivalence.bench.train",
 }
 # ``crosscheck bench flash --backend opencl|cupy`` times the kernels instead
 KERNEL_BENCHES = {"flash": "equivalence.bench.flash_kernels"}
