@@ -24,7 +24,24 @@ The paged KV cache kernels of ``kernels/paged_kv.cu`` run as ``paged_kv/step`` c
 with a padding slot, gather, decode v1 and v2 in one row) at PAGED_SHAPES: block sizes 4, 5,
 16, 24 (two not powers of two), D in {8, 16, 64, 128}, MHA, GQA and MQA, ALiBi, windows that
 leave whole partitions out, contexts of several partitions, random non-contiguous page tables
-with lengths 1 and L. The whole run takes about half a minute.
+with lengths 1 and L.
+
+The row-reduction kernels of ``kernels/softmax.cu``, ``kernels/cross_entropy.cu`` and
+``kernels/norms.cu`` run as one ``step`` case per file that calls every kernel of it
+(``equivalence.cases.kernels_reduce.SANITIZE``): rows longer than the 256-thread block, -inf
+entries and fully -inf rows, ignored targets, and a ragged last chunk of the norms' two-stage
+weight-gradient sum.
+
+The dense kernels of ``kernels/elementwise.cu``, ``embedding.cu``, ``gemm.cu`` and ``rope.cu``
+run as four cases that chain every kernel of them
+(``equivalence.cases.kernels_dense.SANITIZE_CASES``): the activations over two blocks, an
+embedding feeding a vocabulary projection at the default GEMM tiles, a SwiGLU feed-forward at
+small tiles that are not powers of two (ragged in M, N and K), and RoPE in both conventions with
+both table layouts.
+
+The fused AdamW step of ``kernels/adamw.cu`` runs as one trajectory case
+(``equivalence.cases.kernels_adamw.SANITIZE_CASES``): three steps over a buffer of two blocks
+with an empty segment, with amsgrad and with maximize. The whole run takes about a minute.
 
 ``--cases FILE`` runs your own cases instead: the Python file (or module) is imported with
 :func:`equivalence.registry.load_case_file`, and each case it registers that has an ``"opencl"``
@@ -41,6 +58,9 @@ import sys
 from pathlib import Path
 
 from equivalence.cases.flash_gpu import make_flash_gpu_case
+from equivalence.cases.kernels_adamw import SANITIZE_CASES as ADAMW_CASES
+from equivalence.cases.kernels_dense import SANITIZE_CASES as DENSE_CASES
+from equivalence.cases.kernels_reduce import SANITIZE as REDUCE_CASES
 from equivalence.cases.paged_kv import make_step_case
 from equivalence.registry import Case, load_case_file, select
 from gpu_cupy import oclgrind
@@ -77,8 +97,10 @@ def user_cases(case_file: str) -> tuple[list[Case], list[Case]]:
 
 
 def cases(pattern: str | None = None, case_file: str | None = None) -> list[Case]:
-    """The sanitizer's cases (the flash_gpu cases' code at the SHAPES above and the paged_kv
-    step cases' at PAGED_SHAPES, or the cases of ``case_file`` that have an "opencl" backend),
+    """The sanitizer's cases (the flash_gpu cases' code at the SHAPES above, the paged_kv
+    step cases' at PAGED_SHAPES, the row-reduction kernels' REDUCE_CASES, the dense
+    kernels' DENSE_CASES and the AdamW step's ADAMW_CASES, or the cases of ``case_file`` that
+    have an "opencl" backend),
     filtered by a glob or substring of their names."""
     if case_file is not None:
         return select(user_cases(case_file)[0], pattern)
@@ -88,7 +110,7 @@ def cases(pattern: str | None = None, case_file: str | None = None) -> list[Case
     paged = [make_step_case(variant, *sizes, partition_size=P, alibi=alibi, window=window,
                             dtypes=dtypes)
              for variant, *sizes, P, alibi, window, dtypes in PAGED_SHAPES]
-    return select(flash + paged, pattern)
+    return select(flash + paged + REDUCE_CASES + DENSE_CASES + ADAMW_CASES, pattern)
 
 
 def child(pattern: str | None, case_file: str | None = None) -> int:

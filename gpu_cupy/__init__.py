@@ -21,5 +21,16 @@ Modules:
     nvrtc            NVRTC compilation of every kernel for sm_80 / sm_90 and its ptxas figures
     oclgrind         runs launches under the Oclgrind simulator and reads back its findings (data
                      races, out-of-bounds accesses, divergent barriers)
+    arguments        the checks every launcher makes before a launch (dtype, contiguity,
+                     shapes, int32 index headroom)
     flash_attention  launchers of ``kernels/flash_attention.cu`` (forward, backward)
+    paged_kv         ``kernels/paged_kv.cu``: cache write, gather, paged decode attention
+    softmax          ``kernels/softmax.cu``: softmax, log-softmax, online softmax
+    cross_entropy    ``kernels/cross_entropy.cu``: fused loss and dlogits
+    norms            ``kernels/norms.cu``: RMSNorm, LayerNorm, two-stage weight gradients
+    elementwise      ``kernels/elementwise.cu``: GELU (erf, tanh), SiLU, the SwiGLU gate
+    embedding        ``kernels/embedding.cu``: lookup; backward over sorted ids, one owner each
+    gemm             ``kernels/gemm.cu``: tiled C = A·B (+ b) and its backward products
+    rope             ``kernels/rope.cu``: RoPE in both conventions, offsets, position ids
+    adamw            ``kernels/adamw.cu``: one fused AdamW step over a flat parameter buffer
 """

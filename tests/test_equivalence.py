@@ -40,6 +40,10 @@ def test_every_component_has_cases():
     components = {c.component for c in CASES}
     expected = {"softmax", "log_softmax", "online_softmax", "cross_entropy", "rmsnorm",
                 "layernorm", "gelu", "silu", "swiglu", "linear", "embedding", "attention",
-                "flash", "flash_gpu", "sinusoid", "positional", "rope", "moe", "paged_kv", "optim", "schedule",
-                "grad_scaler", "clip_grad_norm"}
+                "flash", "flash_gpu", "sinusoid", "positional", "rope", "moe", "paged_kv", "optim",
+                "schedule", "grad_scaler", "clip_grad_norm",
+                # the kernel twins of the core ops
+                "softmax_gpu", "log_softmax_gpu", "online_softmax_gpu", "cross_entropy_gpu",
+                "rmsnorm_gpu", "layernorm_gpu", "gelu_gpu", "silu_gpu", "swiglu_gate_gpu",
+                "linear_gpu", "embedding_gpu", "rope_gpu", "adamw_gpu"}
     assert expected <= components, f"no cases for {sorted(expected - components)}"
