@@ -119,12 +119,16 @@ def parse_findings(stderr: str) -> list[Finding]:
     r"""Oclgrind's reports in ``stderr``: blocks separated by empty lines, each a header (one or
     more unindented lines) followed by indented details. Lines of other programs (and MARKER
     lines) are not findings; a block is one when it names a kernel or its header is one of
-    Oclgrind's own error reports. Lines are those of the kernel file (the prelude taken off).
+    Oclgrind's own error reports. Lines are those of the kernel file (the prelude taken off); a
+    line inside the prelude, or Oclgrind's line 0 (no source position), is given as None, and
+    the finding's text keeps what Oclgrind printed.
 
     >>> report = ("\nInvalid read of size 8 at global memory address 0x1000000000040\n"
     ...           "\tKernel: probe\n\tAt line 45 (column 22) of input.cl:\n\n")
     >>> [f.summary() for f in parse_findings(report)] == [
     ...     f"Invalid read of size 8 (probe at line {45 - prelude_lines()})"]
+    True
+    >>> parse_findings(report.replace("line 45", "line 0"))[0].line is None
     True
     """
     offset = prelude_lines()
@@ -139,9 +143,9 @@ def parse_findings(stderr: str) -> list[Finding]:
         body = "\n".join(block)
         kernel = next((m.group(1) for ln in block if (m := _KERNEL.match(ln))), "")
         if kernel or "oclgrind" in header.lower():
-            line = _LINE.search(body)
-            findings.append(Finding(kind=header, kernel=kernel,
-                                    line=int(line.group(1)) - offset if line else None,
+            at = _LINE.search(body)
+            line = int(at.group(1)) - offset if at else 0
+            findings.append(Finding(kind=header, kernel=kernel, line=line if line > 0 else None,
                                     text=body, work=work))
         block.clear()
 
