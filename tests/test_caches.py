@@ -21,6 +21,7 @@ import ref_numpy
 from ref_numpy import (activations, attention, cross_entropy, flash_attention, linear, mha, norms,
                        online_softmax, positional, rope, softmax, swiglu)
 from ref_numpy import moe, moe_router
+from ref_numpy import model, model_blocks
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,24 @@ def _moe(rng):
         balance_coef=0.1, z_coef=0.01)
 
 
+def _tiny_model():
+    """Llama, one block, C = 4, H = 2, Hkv = 1, V = 11."""
+    return model.ModelConfig(family="llama", vocab_size=11, n_layer=1, n_head=2, n_kv_head=1,
+                             d_model=4, d_ff=6, max_seq_len=8)
+
+
+def _block(rng):
+    config = _tiny_model()
+    weights = model_blocks.block_weights(model.init_params(config, 0, np.float64), config, 0)
+    return (rng.standard_normal((2, 3, 4)), weights, config), dict(rope=config.rope())
+
+
+def _model(rng):
+    config = _tiny_model()
+    return (model.init_params(config, 0, np.float64), config, np.array([[1, 2, 3]]),
+            np.array([[2, 3, -100]])), {}
+
+
 OPS = [
     Op(softmax, softmax.softmax_forward, softmax.softmax_backward, _x, _like),
     Op(softmax, softmax.log_softmax_forward, softmax.log_softmax_backward, _x, _like),
@@ -145,6 +164,9 @@ OPS = [
        lambda rng, out: rng.standard_normal(out.gates.shape)),
     Op(moe, moe.moe_forward, moe.moe_backward, _moe,
        lambda rng, out: rng.standard_normal(out.y.shape)),
+    Op(model_blocks, model_blocks.block_forward, model_blocks.block_backward, _block, _like),
+    Op(model, model.model_forward, model.model_backward, _model,
+       lambda rng, out: np.array(rng.standard_normal())),
 ]
 BY_NAME = {op.name: op for op in OPS}
 
@@ -158,9 +180,11 @@ def _run(op: Op):
 
 
 def _arrays(grads):
-    """The gradient arrays a backward returned (one array or a tuple with None for no bias)."""
+    """The gradient arrays a backward returned (one array, or a tuple with None for no bias;
+    a dict of gradients by name counts as its values)."""
     grads = grads if isinstance(grads, tuple) else (grads,)
-    return [g for g in grads if g is not None]
+    flat = [v for g in grads for v in (g.values() if isinstance(g, dict) else [g])]
+    return [g for g in flat if g is not None]
 
 
 @pytest.mark.parametrize("name", list(BY_NAME))

@@ -41,7 +41,7 @@ def test_every_component_has_cases():
     expected = {"softmax", "log_softmax", "online_softmax", "cross_entropy", "rmsnorm",
                 "layernorm", "gelu", "silu", "swiglu", "linear", "embedding", "attention",
                 "flash", "flash_gpu", "sinusoid", "positional", "rope", "moe", "paged_kv", "optim",
-                "schedule", "grad_scaler", "clip_grad_norm",
+                "schedule", "grad_scaler", "clip_grad_norm", "model",
                 # the kernel twins of the core ops
                 "softmax_gpu", "log_softmax_gpu", "online_softmax_gpu", "cross_entropy_gpu",
                 "rmsnorm_gpu", "layernorm_gpu", "gelu_gpu", "silu_gpu", "swiglu_gate_gpu",
