@@ -30,6 +30,7 @@ from torch_bridge.distributed import (DEFAULT_SEGMENT, GroupError, LocalGroup, R
 
 PRIME, BIG = 1009, 10 ** 6
 SMALL_SEGMENT = 64           # several segments per chunk at the prime, the last one partial
+BIG_SEGMENT = 1 << 17        # several segments per chunk at 10^6 too (the default is larger)
 DIST_OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
             "min": dist.ReduceOp.MIN, "product": dist.ReduceOp.PRODUCT}
 REFERENCE = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "product": np.prod}
@@ -38,9 +39,9 @@ FAULT_TIMEOUT = 1.0
 
 def _cases(p):
     """(shape, op, dtype, segment, transposed): every op and dtype (mean is float only) at
-    N = 0, 1, p - 1 and a prime with small segments and at 10^6 with the default one; a 3-D,
+    N = 0, 1, p - 1 and a prime with small segments and at 10^6 with larger ones; a 3-D,
     an empty 2-D and a non-contiguous tensor."""
-    sizes = [(n, SMALL_SEGMENT) for n in sorted({0, 1, p - 1, PRIME})] + [(BIG, DEFAULT_SEGMENT)]
+    sizes = [(n, SMALL_SEGMENT) for n in sorted({0, 1, p - 1, PRIME})] + [(BIG, BIG_SEGMENT)]
     cases = [((n,), op, dtype, segment, False)
              for n, segment in sizes for op in OPS for dtype in DTYPES
              if not (op == "mean" and dtype == "int64")]
