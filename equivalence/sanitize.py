@@ -15,10 +15,10 @@ Example (abridged):
     case                                                   dtype    findings  worst use of tol  passed
     flash_gpu/causal-tq>tk/B1_H2_Hkv1_Tq29_Tk13_D64 Br12 Bc5  float64         0          3.1e-10    True
 
-The shapes cover every kernel of ``kernels/flash_attention.cu`` (forward, Drow, dK/dV, dQ),
+The shapes cover every kernel of ``kernels/flash_attention.cu`` (forward, rows, dK/dV, dQ),
 causal on and off, Tq < Tk and Tq > Tk (rows that see no key), T = 1, GQA and MQA, B > 1,
-D in {16, 40, 64, 128}, tiles that are not powers of two, tiles larger than T and ragged last
-tiles. Tiles fit Oclgrind's 32 KiB of local memory in float64.
+D in {16, 40, 64, 128, 192, 256}, tiles that are not powers of two, tiles larger than T and
+ragged last tiles. Tiles fit Oclgrind's 32 KiB of local memory in float64.
 
 The paged KV cache kernels of ``kernels/paged_kv.cu`` run as ``paged_kv/step`` cases (write
 with a padding slot, gather, decode v1 and v2 in one row) at PAGED_SHAPES: block sizes 4, 5,
@@ -67,14 +67,16 @@ from gpu_cupy import oclgrind
 
 F64, BOTH = ("float64",), ("float64", "float32")
 #         variant          B  H Hkv  Tq  Tk    D  causal  block_q block_k  dtypes
-SHAPES = [("T=1",          2, 2, 1,    1,  1,  16, True,      4,    4,     F64),
+SHAPES = [("T=1",          2, 2, 1,    1,  1,  16, True,      4,    4,     BOTH),
           ("decode",       1, 2, 1,    1, 17,  16, True,      1,    5,     BOTH),
           ("full",         2, 4, 4,   17, 17,  40, False,     5,    7,     BOTH),
           ("causal-tq<tk", 1, 4, 2,   13, 29,  16, True,      6,   10,     BOTH),
           ("causal-tq>tk", 1, 2, 1,   29, 13,  64, True,     12,    5,     BOTH),
           ("tiles>T",      1, 2, 2,    6, 11,  16, False,    16,   16,     BOTH),
           ("causal",       1, 1, 1,   17, 17, 128, True,      8,    4,     BOTH),
-          ("causal",       1, 2, 1,   33, 33,  16, True,     16,    8,     BOTH)]
+          ("causal",       1, 2, 1,   33, 33,  16, True,     16,    8,     BOTH),
+          ("mqa-full",     1, 2, 1,    7,  5, 192, False,     6,    3,     BOTH),
+          ("gqa-causal",   1, 4, 2,    5,  9, 256, True,      4,    2,     BOTH)]
 #               variant              S  H Hkv  BS    D   L   P  alibi  window  dtypes
 PAGED_SHAPES = [("mha",              2, 2, 2,   4,   8,  9,  4, False, None,   BOTH),
                 ("gqa-alibi-window", 3, 4, 2,   5,  16, 17, 10, True,  7,      BOTH),

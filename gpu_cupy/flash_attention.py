@@ -14,7 +14,7 @@ Shape letters:
     H    query heads;  Hkv  key/value heads, H % Hkv == 0 (query head h uses kv head h // G)
     G    query heads per kv head, H // Hkv (GQA)
     Tq   query positions;  Tk  key/value positions
-    D    head dimension, 1 <= D <= 128 (MAX_HEAD_DIM)
+    D    head dimension, 1 <= D <= 256 (MAX_HEAD_DIM)
 
 Causal masking is bottom-right aligned: query i may attend key j iff j <= i + (Tk - Tq). A row
 that sees no key outputs zeros, has lse = -inf and passes zero gradient.
@@ -41,15 +41,18 @@ from ref_numpy._check import check_float, check_positive_int
 
 KERNEL_FILE = "flash_attention.cu"
 NUM_THREADS = 128            # threads per block for every kernel of the family
-MAX_HEAD_DIM = 128           # the largest D the tile, register and test budgets cover
+MAX_HEAD_DIM = 256           # the largest D the tile, register and test budgets cover
 MAX_ACCUMULATORS = 32        # register accumulators per thread per kernel (keeps spills at zero)
+# Every accumulator is a compensated (Kahan) sum: a value and its compensation, two registers.
+REGISTERS_PER_SUM = 2
 CUDA_STATIC_SHARED = 48 * 1024  # static shared memory per block on every CUDA GPU
 FORWARD_VERSIONS = {1: "flash_attention_forward_v1"}
-BACKWARD_KERNELS = ("flash_attention_backward_drow", "flash_attention_backward_dkdv",
+BACKWARD_KERNELS = ("flash_attention_backward_rows", "flash_attention_backward_dkdv",
                     "flash_attention_backward_dq")
-_BLOCK_CANDIDATES = (64, 32, 16, 8)
+_BLOCK_CANDIDATES = (64, 32, 16, 8, 4, 2)
 _INT32_MAX = 2**31 - 1
 _CUDA_GRID_YZ_MAX = 65535    # H (or Hkv) and B are grid dimensions y and z
+NVRTC_HEAD_DIMS = (64, 128, 192, 256)  # the head dims ``crosscheck kernels`` reports
 
 
 # ----------------------------------------------------------------------------- tile budget
@@ -57,18 +60,18 @@ _CUDA_GRID_YZ_MAX = 65535    # H (or Hkv) and B are grid dimensions y and z
 def shared_bytes(pass_: str, D: int, block_q: int, block_k: int, itemsize: int) -> int:
     """Static shared memory of one block, in bytes, as declared in the .cu file.
 
-    Tile rows have stride D + 1. Forward: Q, K, V tiles, the (Br, Bc) score tile and three row
-    statistics. Backward: the larger of its kernels, dK/dV (Q, dO, K, V tiles, P and dS tiles,
-    lse and Drow of the rows).
+    Tile rows have stride D + 1. Forward: Q, K, V tiles, the (Br, Bc) score tile and four row
+    statistics (m, l and l's compensation, alpha). Backward: the largest of its kernels, dK/dV
+    (Q, dO, K, V tiles, P and dS tiles, lse, Drow and psum of the rows).
 
-    >>> shared_bytes("forward", 64, 32, 32, 4)   # ((32 + 2*32) * 65 + 32*32 + 3*32) * 4
-    29440
+    >>> shared_bytes("forward", 64, 32, 32, 4)   # ((32 + 2*32) * 65 + 32*32 + 4*32) * 4
+    29568
     """
     rows = D + 1
     if pass_ == "forward":
-        reals = (block_q + 2 * block_k) * rows + block_q * block_k + 3 * block_q
+        reals = (block_q + 2 * block_k) * rows + block_q * block_k + 4 * block_q
     elif pass_ == "backward":
-        reals = (2 * block_q + 2 * block_k) * rows + 2 * block_q * block_k + 2 * block_q
+        reals = (2 * block_q + 2 * block_k) * rows + 2 * block_q * block_k + 3 * block_q
     else:
         raise ValueError(f"pass_: expected 'forward' or 'backward' but got {pass_!r}")
     return reals * itemsize
@@ -76,20 +79,27 @@ def shared_bytes(pass_: str, D: int, block_q: int, block_k: int, itemsize: int) 
 
 def accumulators(pass_: str, D: int, block_q: int, block_k: int) -> int:
     """Register accumulators per thread: a (Br, D) tile of O or dQ spread over NUM_THREADS
-    threads, and in the backward also the (Bc, D) tiles of dK and dV."""
-    per_q = -(-block_q * D // NUM_THREADS)
+    threads, and in the backward also the (Bc, D) tiles of dK and dV; each element is a
+    compensated sum of REGISTERS_PER_SUM registers.
+
+    >>> accumulators("forward", 128, 16, 32), accumulators("backward", 128, 16, 8)
+    (32, 32)
+    """
+    per_q = REGISTERS_PER_SUM * -(-block_q * D // NUM_THREADS)
     if pass_ == "forward":
         return per_q
-    return max(per_q, 2 * -(-block_k * D // NUM_THREADS))
+    return max(per_q, 2 * REGISTERS_PER_SUM * -(-block_k * D // NUM_THREADS))
 
 
 def default_blocks(pass_: str, D: int, dtype) -> tuple[int, int]:
-    """The (block_q, block_k) used when none is given: the largest tiles among 64, 32, 16, 8
-    (preferring more work per block, then a taller query tile) that fit the accumulator budget
-    and 48 KiB of shared memory, the CUDA static limit, so both runtimes tile alike.
+    """The (block_q, block_k) used when none is given: the largest tiles among 64, 32, 16, 8,
+    4, 2 (preferring more work per block, then a taller query tile) that fit the accumulator
+    budget and 48 KiB of shared memory, the CUDA static limit, so both runtimes tile alike.
 
     >>> default_blocks("forward", 64, np.float32), default_blocks("backward", 128, np.float64)
-    ((64, 32), (8, 8))
+    ((32, 32), (16, 4))
+    >>> default_blocks("forward", 256, np.float64), default_blocks("backward", 256, np.float64)
+    ((8, 4), (8, 2))
     """
     itemsize = np.dtype(dtype).itemsize
     fits = [(bq, bk) for bq in _BLOCK_CANDIDATES for bk in _BLOCK_CANDIDATES
@@ -109,9 +119,9 @@ def defines(pass_: str, D: int, block_q: int, block_k: int, dtype) -> dict:
 
 def nvrtc_configs(dtype) -> list[tuple[dict, tuple[str, ...]]]:
     """What ``crosscheck kernels`` compiles: (defines, kernels reported) for the default tiles
-    of each pass at D = 64 and D = 128."""
+    of each pass at D = 64, 128, 192 and 256."""
     configs = []
-    for D in (64, 128):
+    for D in NVRTC_HEAD_DIMS:
         fwd = default_blocks("forward", D, dtype)
         bwd = default_blocks("backward", D, dtype)
         configs.append((defines("forward", D, *fwd, dtype), tuple(FORWARD_VERSIONS.values())))
@@ -125,9 +135,9 @@ def check_blocks(pass_: str, D: int, block_q: int, block_k: int, dtype) -> None:
     bytes of shared memory. The shared-memory bar is CUDA's even on PoCL, whose device allows
     far more, so that any tiling accepted on a CPU also runs on a GPU.
 
-    >>> check_blocks("backward", 128, 24, 12, np.float64)  # doctest: +ELLIPSIS
+    >>> check_blocks("backward", 256, 8, 4, np.float64)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ValueError: block_q, block_k: the backward pass needs 79296 bytes of shared memory ...
+    ValueError: block_q, block_k: the backward pass needs 50048 bytes of shared memory ...
     """
     acc = accumulators(pass_, D, block_q, block_k)
     if acc > MAX_ACCUMULATORS:
@@ -216,9 +226,9 @@ def _validate(pass_: str, backend: str, arrays: dict, causal, scale, block_q, bl
     if max(B, H) > _CUDA_GRID_YZ_MAX:
         raise ValueError(f"q: expected B and H at most {_CUDA_GRID_YZ_MAX} (grid dimensions) "
                          f"but got B = {B}, H = {H}")
-    # The Drow kernel's row index blockIdx.x * blockDim.x + threadIdx.x reaches B*H*Tq + threads.
+    # Row indices (b * H + h) * Tq + q0 + r of the backward stay below B*H*Tq + block_q.
     if B * H * Tq + NUM_THREADS > _INT32_MAX:
-        raise ValueError(f"q: expected B*H*Tq + {NUM_THREADS} <= {_INT32_MAX} (a thread index "
+        raise ValueError(f"q: expected B*H*Tq + {NUM_THREADS} <= {_INT32_MAX} (a row index "
                          f"of the backward is an int32) but got B*H*Tq = {B * H * Tq}")
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal: expected a bool but got {type(causal).__name__} ({causal!r})")
@@ -320,7 +330,9 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, causal: bool = False,
                              block_k: int | None = None, backend: str = "opencl"):
     """Gradients of attention from the forward's out and lse, recomputing P tile by tile.
 
-    With P = exp(S - lse) recomputed and Drow_i = sum_d dO_id O_id (a small kernel first):
+    With P = exp(S - lse) / psum recomputed, psum_i = sum_j exp(S_ij - lse_i) and
+    Drow_i = sum_d dO_id O_id (a kernel over the rows first; psum cancels the rounding of the
+    saved lse):
 
         dV = P^T dO,   dP = dO V^T,   dS = P * (dP - Drow),   dQ = scale dS K,   dK = scale dS^T Q
 
@@ -349,19 +361,20 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, causal: bool = False,
     d_q, d_k, d_v, d_out, d_lse, d_dout = (runtime.to_device(backend, x)
                                            for x in (q, k, v, out, lse, dout))
     d_drow = runtime.empty(backend, (B, H, Tq), dtype)
+    d_psum = runtime.empty(backend, (B, H, Tq), dtype)
     d_dq = runtime.empty(backend, (B, H, Tq, D), dtype)
     d_dk = runtime.empty(backend, (B, Hkv, Tk, D), dtype)
     d_dv = runtime.empty(backend, (B, Hkv, Tk, D), dtype)
     real, i32 = dtype.type, np.int32
     sizes = (i32(H), i32(Hkv), i32(Tq), i32(Tk), real(scale), i32(bool(causal)))
-    drow_kernel, dkdv_kernel, dq_kernel = BACKWARD_KERNELS
-    runtime.launch(program, drow_kernel, grid=(_blocks(B * H * Tq, NUM_THREADS),),
-                   block=(NUM_THREADS,), args=(d_out, d_dout, d_drow, i32(B * H * Tq)))
+    rows_kernel, dkdv_kernel, dq_kernel = BACKWARD_KERNELS
+    runtime.launch(program, rows_kernel, grid=(_blocks(Tq, block_q), H, B), block=(NUM_THREADS,),
+                   args=(d_q, d_k, d_out, d_dout, d_lse, d_drow, d_psum) + sizes)
     runtime.launch(program, dkdv_kernel, grid=(_blocks(Tk, block_k), Hkv, B),
                    block=(NUM_THREADS,),
-                   args=(d_q, d_k, d_v, d_dout, d_lse, d_drow, d_dk, d_dv) + sizes)
+                   args=(d_q, d_k, d_v, d_dout, d_lse, d_drow, d_psum, d_dk, d_dv) + sizes)
     runtime.launch(program, dq_kernel, grid=(_blocks(Tq, block_q), H, B), block=(NUM_THREADS,),
-                   args=(d_q, d_k, d_v, d_dout, d_lse, d_drow, d_dq) + sizes)
+                   args=(d_q, d_k, d_v, d_dout, d_lse, d_drow, d_psum, d_dq) + sizes)
     if xp is np:
         return runtime.to_host(d_dq), runtime.to_host(d_dk), runtime.to_host(d_dv)
     return d_dq, d_dk, d_dv

@@ -55,18 +55,20 @@ are computed without a mask; only the tiles the staircase cuts through build a (
 
 Memory. Apart from its outputs, the forward holds per query tile the running max m and sum l
 (Br,), the accumulator (Br, D) and one (Br, Bc) tile of scores/probabilities; the backward holds
-L and delta = rowsum(dO ⊙ O) (Tq,), the dQ accumulator (Tq, D), dK and dV of one key tile
-(Bc, D) and a few (Br, Bc) tiles (all per batch row and head). No array has Tq * Tk elements, so the extra
-memory is O(T) for fixed tile sizes (``crosscheck bench flash`` measures it).
+L, psum = rowsum(exp(S - L)) and delta = rowsum(P ⊙ dP) (Tq,), the dQ accumulator (Tq, D), dK
+and dV of one key tile (Bc, D) and a few (Br, Bc) tiles (all per batch row and head). No array
+has Tq * Tk elements, so the extra memory is O(T) for fixed tile sizes (``crosscheck bench
+flash`` measures it).
 
 Precision. In float64 the result equals the naive attention to about 1e-15. In float32 it is
-about as accurate as the naive version, not bit-equal: the backward recomputes
-P = exp(S - L) from the rounded L, whose absolute rounding error (up to half an ulp of L) becomes
-a relative error shared by every P of the row, where the naive version divides by l. FlashAttention
-(v1) saved m and l separately and recomputed exp(S - m) / l; FlashAttention-2 saves L alone, and
-so does this module. Measured on random inputs (30 runs, tiles 16 and 64), the mean float32
-error against float64 is on par with the naive version for out, lse, dk and dv (ratios 0.9-1.05)
-and about 1.2x (at most 1.5x) for dq.
+about as accurate as the naive version, not bit-equal. The backward recomputes P = exp(S - L)
+from the rounded L, whose error (its rounding and that of the online softmax's rescales, a few
+ulps of |L|) becomes a relative error shared by every P of the row, where the naive version
+divides by l; so the backward divides P by its row sum psum = rowsum(exp(S - L)), which cancels
+that error (``flash_attention_backward``). FlashAttention (v1) saved m and l separately and
+recomputed exp(S - m) / l; FlashAttention-2 saves L alone, and so does this module. The float32
+errors stay within FlashAttention-3's bar, 2x the naive float32 version's error plus a rounding
+term, on FlashAttention's own test matrix (``equivalence.fa_accuracy``).
 """
 from __future__ import annotations
 
@@ -288,16 +290,36 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
 
         O = P V                 =>  dV = P^T dO,          dP = dO V^T
         P_i = softmax(S_i)      =>  dS_ij = P_ij (dP_ij - sum_k P_ik dP_ik)
-        and  sum_k P_ik dP_ik = sum_k P_ik (dO_i . V_k) = dO_i . (sum_k P_ik V_k) = dO_i . O_i,
-        so with delta_i = rowsum(dO ⊙ O)_i (one number per row, computed once, O(T)):
+        so with delta_i = rowsum(P ⊙ dP)_i (one number per row, O(T)):
                                     dS = P ⊙ (dP - delta)
         S = s Q K^T             =>  dQ = s dS K,          dK = s dS^T Q
+
+    Mathematically delta_i = sum_k P_ik (dO_i . V_k) = dO_i . O_i, the form FlashAttention uses.
+    Here delta is summed from the very P and dP tiles that the gradient pass uses, in a first
+    pass over the tiles, so that delta and dP are rounded alike: where a row has a single nonzero
+    probability (one key per query, Tk = 1, or the first row of a causal tile), P = 1 and
+    delta = dP exactly, so dP - delta, dS and that row's share of dQ and dK are exactly 0, as in
+    ``ref_numpy.attention``. dO . O is a dot product that BLAS rounds differently from the matmul
+    giving dP; in float32 their difference (up to ~1e-6) would be all of those gradients.
+
+    The same first pass sums psum_i = rowsum(exp(S - L))_i, which is 1 up to rounding, and the
+    gradient pass uses P = exp(S - L) / psum (delta accordingly divided by psum). The saved L
+    carries the rounding of the online softmax's rescales (l is multiplied by every
+    alpha = exp(m_old - m_new)), a few ulps of |L| in float32, and exp(S - L) turns that into the
+    same relative error in every P of the row, which dQ, dK and dV inherit; the division cancels
+    it, as the naive softmax's division by its own sum does (flash/causal/(2, 2, 2, 17, 17, 8),
+    tiles 3 x 16, float32: dq error 1.11 x FlashAttention's bar without it, 0.77 with it). A
+    single visible key gives psum = P, so P / psum is exactly 1. The first pass recomputes S, P
+    and dP: two matmuls per tile pair, on top of the five below.
 
     Every product above is a sum over tiles of products of tiles (Dao et al. 2022, Algorithm 4;
     Dao 2023, Algorithm 2). With i running over query tiles and j over key tiles:
 
         P_ij  = exp(s Q_i K_j^T - L_i)               recomputed: Q_i, K_j and L_i suffice
         dP_ij = dO_i V_j^T
+        psum_i = sum_j rowsum(P_ij)                  the first pass, with
+        delta_i = sum_j rowsum(P_ij ⊙ dP_ij) / psum_i
+        P_ij <- P_ij / psum_i                        in the gradient pass
         dS_ij = P_ij ⊙ (dP_ij - delta_i)
         dV_j  = sum_i P_ij^T dO_i
         dK_j  = s sum_i dS_ij^T Q_i
@@ -332,37 +354,60 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
 
     qg = q.reshape(B, Hkv, G, Tq, D)                                  # (B, Hkv, G, Tq, D)
     dog = dout.reshape(B, Hkv, G, Tq, D)                              # (B, Hkv, G, Tq, D)
-    # delta_i = rowsum(dO ⊙ O)_i
-    delta = np.einsum("bhgtd,bhgtd->bhgt", dog.astype(acc_dtype, copy=False),
-                      out.reshape(B, Hkv, G, Tq, D).astype(acc_dtype, copy=False))
     # A fully masked row has S = -inf and L = -inf, and exp(-inf - (-inf)) is NaN; with L set
     # to +inf there, P = exp(S - L) = 0.
     lse_g = lse.reshape(B, Hkv, G, Tq)                                # (B, Hkv, G, Tq)
     lse_g = np.where(lse_g == -np.inf, np.inf, lse_g).astype(acc_dtype, copy=False)
 
+    def tile_pairs():
+        """Every (key tile, query tile) pair with a visible entry, key tiles outer."""
+        for c0 in range(0, Tk, block_k):
+            for r0 in _query_tiles(c0, Tq, block_q, causal, offset):
+                yield c0, min(c0 + block_k, Tk), r0, min(r0 + block_q, Tq)
+
+    def p_and_dp(c0, c1, r0, r1, psum=None):
+        """P_ij = exp(s Q_i K_j^T - L_i) (masked entries -inf -> P = 0), divided by psum_i when
+        given, and dP_ij = dO_i V_j^T, computed the same way by both passes, so that they round
+        alike."""
+        q_i = qg[:, :, :, r0:r1].astype(acc_dtype, copy=False)        # (B, Hkv, G, Br, D)
+        do_i = dog[:, :, :, r0:r1].astype(acc_dtype, copy=False)      # (B, Hkv, G, Br, D)
+        k_j = k[:, :, None, c0:c1].astype(acc_dtype, copy=False)      # (B, Hkv, 1, Bc, D)
+        v_j = v[:, :, None, c0:c1].astype(acc_dtype, copy=False)      # (B, Hkv, 1, Bc, D)
+        s = (q_i @ k_j.swapaxes(-1, -2)) * sc                         # (B, Hkv, G, Br, Bc)
+        mask = _tile_mask(r0, r1, c0, c1, causal, offset)
+        if mask is not None:
+            s = np.where(mask, s, -np.inf)
+        p = np.exp(s - lse_g[:, :, :, r0:r1, None])                   # (B, Hkv, G, Br, Bc)
+        if psum is not None:
+            p = p / psum[:, :, :, r0:r1, None]
+        dp = do_i @ v_j.swapaxes(-1, -2)                              # (B, Hkv, G, Br, Bc)
+        return q_i, do_i, p, dp
+
+    # First pass: psum_i = rowsum(exp(S - L))_i and delta_i = rowsum(P ⊙ dP)_i / psum_i
+    psum = np.zeros((B, Hkv, G, Tq), dtype=acc_dtype)                 # (B, Hkv, G, Tq)
+    delta = np.zeros((B, Hkv, G, Tq), dtype=acc_dtype)                # (B, Hkv, G, Tq)
+    for c0, c1, r0, r1 in tile_pairs():
+        _, _, p, dp = p_and_dp(c0, c1, r0, r1)
+        psum[:, :, :, r0:r1] += p.sum(axis=-1)                        # (B, Hkv, G, Br)
+        delta[:, :, :, r0:r1] += np.vecdot(p, dp)                     # (B, Hkv, G, Br)
+    psum[psum == 0] = 1                                               # fully masked rows: P = 0
+    delta /= psum
+
     dq = np.zeros((B, Hkv, G, Tq, D), dtype=acc_dtype)                # (B, Hkv, G, Tq, D)
     dk = np.empty((B, Hkv, Tk, D), dtype=k.dtype)                     # (B, Hkv, Tk, D)
     dv = np.empty((B, Hkv, Tk, D), dtype=v.dtype)                     # (B, Hkv, Tk, D)
 
+    # Second pass: the gradients, key tiles outer so that dK_j and dV_j are written once
     for c0 in range(0, Tk, block_k):
         c1 = min(c0 + block_k, Tk)
         k_j = k[:, :, c0:c1].astype(acc_dtype, copy=False)            # (B, Hkv, Bc, D)
-        v_j = v[:, :, c0:c1].astype(acc_dtype, copy=False)            # (B, Hkv, Bc, D)
         dk_j = np.zeros((B, Hkv, c1 - c0, D), dtype=acc_dtype)        # (B, Hkv, Bc, D)
         dv_j = np.zeros((B, Hkv, c1 - c0, D), dtype=acc_dtype)        # (B, Hkv, Bc, D)
         for r0 in _query_tiles(c0, Tq, block_q, causal, offset):
             r1 = min(r0 + block_q, Tq)
             Br = r1 - r0
-            q_i = qg[:, :, :, r0:r1].astype(acc_dtype, copy=False)    # (B, Hkv, G, Br, D)
-            do_i = dog[:, :, :, r0:r1].astype(acc_dtype, copy=False)  # (B, Hkv, G, Br, D)
-            # P_ij = exp(s Q_i K_j^T - L_i), masked entries -inf -> P = 0
-            s = (q_i @ k_j[:, :, None].swapaxes(-1, -2)) * sc         # (B, Hkv, G, Br, Bc)
-            mask = _tile_mask(r0, r1, c0, c1, causal, offset)
-            if mask is not None:
-                s = np.where(mask, s, -np.inf)
-            p = np.exp(s - lse_g[:, :, :, r0:r1, None])               # (B, Hkv, G, Br, Bc)
-            # dP_ij = dO_i V_j^T;  dS_ij = P_ij ⊙ (dP_ij - delta_i)
-            dp = do_i @ v_j[:, :, None].swapaxes(-1, -2)              # (B, Hkv, G, Br, Bc)
+            q_i, do_i, p, dp = p_and_dp(c0, c1, r0, r1, psum)
+            # dS_ij = P_ij ⊙ (dP_ij - delta_i)
             ds = p * (dp - delta[:, :, :, r0:r1, None])               # (B, Hkv, G, Br, Bc)
             # dQ_i += s dS_ij K_j
             dq[:, :, :, r0:r1] += (ds @ k_j[:, :, None]) * sc         # (B, Hkv, G, Br, D)

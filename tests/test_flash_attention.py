@@ -2,7 +2,8 @@
 
 The reference is ``ref_numpy.attention`` (the (Tq, Tk) batched-matmul version); flash attention
 must equal it to 1e-12 in float64 for every tile size, and in float32 stay within 2x of the naive
-float32 error against float64.
+float32 error against float64 (the harness bar and FlashAttention-3's). Gradients that are
+exactly zero (one visible key) must come out exactly zero in every dtype.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from equivalence.bench.common import peak_traced_bytes
 from equivalence.compare import float32_bound
+from equivalence.fa_accuracy import fa_bar
 from ref_numpy import attention
 from ref_numpy.flash_attention import (_key_tiles, _query_tiles, _tile_mask,
                                        flash_attention_backward, flash_attention_forward)
@@ -105,6 +107,9 @@ def test_float32_error_within_twice_naive_float32(shape, blocks):
         bound = float32_bound(e_naive, ref[name], "float32")
         assert e_naive > 0, name
         assert e_flash <= bound, f"{name}: max err {e_flash:.2e} > bar {bound:.2e}"
+        if name != "lse":  # FlashAttention-3's bar, on the tensors its tests check
+            fa = fa_bar(e_naive, ref[name], np.float32)
+            assert e_flash <= fa, f"{name}: max err {e_flash:.2e} > FA3 bar {fa:.2e}"
         finite = np.isfinite(ref[name])
         m_flash = np.abs(flash32[name][finite] - ref[name][finite]).mean()
         m_naive = np.abs(naive32[name][finite] - ref[name][finite]).mean()
@@ -177,6 +182,41 @@ def test_causal_tile_classification(Tq, Tk, bq, bk):
             else:
                 np.testing.assert_array_equal(mask, tile)
     assert _tile_mask(0, Tq, 0, Tk, False, offset) is None
+
+
+@pytest.mark.parametrize("dtype, accum", [(np.float64, None), (np.float32, None),
+                                          (np.float16, np.float32), (np.float16, None)],
+                         ids=["float64", "float32", "float16-acc32", "float16"])
+@pytest.mark.parametrize("Hkv", [4, 2, 1])
+def test_one_key_per_query_gives_exactly_zero_dq_and_dk(dtype, accum, Hkv):
+    """Tk = 1: every visible row has P = 1 and O = V, so dS = P (dP - delta) is exactly 0, and so
+    are dq and dk, in every dtype and tiling, because delta = rowsum(P ⊙ dP) is summed from the
+    very dP of the gradient pass. The naive attention gives the same exact zeros."""
+    rng = np.random.default_rng(Hkv)
+    for Tq, causal, (bq, bk) in ((1, False, (64, 64)), (239, False, (16, 16)),
+                                 (239, True, (7, 1)), (13, True, (1, 1))):
+        q, k, v, dout = _inputs(rng, 2, 4, Hkv, Tq, 1, 24, dtype=dtype)
+        got = _flash(q, k, v, dout, causal, bq, bk, accum_dtype=accum)
+        assert np.array_equal(got["dq"], np.zeros_like(q)), (Tq, causal)
+        assert np.array_equal(got["dk"], np.zeros_like(k)), (Tq, causal)
+        assert np.abs(got["dv"]).max() > 0
+        if not causal:
+            out = np.repeat(v, 4 // Hkv, axis=1)[:, :, [0] * Tq]      # O = V exactly
+            np.testing.assert_array_equal(got["out"], out)
+        if dtype != np.float16:
+            naive = _naive(q, k, v, dout, causal)
+            assert np.array_equal(naive["dq"], np.zeros_like(q)), (Tq, causal)
+            assert np.array_equal(naive["dk"], np.zeros_like(k)), (Tq, causal)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_causal_first_row_sees_one_key_and_gets_exactly_zero_dq(dtype):
+    rng = np.random.default_rng(8)
+    q, k, v, dout = _inputs(rng, 1, 4, 2, 30, 30, 16, dtype=dtype)
+    for blocks in ((8, 8), (1, 5), (30, 30)):
+        got = _flash(q, k, v, dout, True, *blocks)
+        assert np.array_equal(got["dq"][:, :, 0], np.zeros((1, 4, 16))), blocks
+        assert np.abs(got["dq"][:, :, 1:]).max() > 0
 
 
 def test_float16_inputs_with_float32_accumulators():

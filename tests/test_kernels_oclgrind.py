@@ -118,7 +118,7 @@ def test_flash_kernels_have_no_findings_and_match_the_reference(sanitized):
 def test_sanitizer_shapes_cover_the_kernel_features():
     shapes = [dict(zip(("variant", "B", "H", "Hkv", "Tq", "Tk", "D", "causal", "bq", "bk",
                         "dtypes"), s)) for s in sanitize.SHAPES]
-    assert {s["D"] for s in shapes} == {16, 40, 64, 128}
+    assert {s["D"] for s in shapes} == {16, 40, 64, 128, 192, 256}
     assert {s["causal"] for s in shapes} == {True, False}
     assert any(s["Tq"] < s["Tk"] for s in shapes) and any(s["Tq"] > s["Tk"] for s in shapes)
     assert any(s["Hkv"] == 1 < s["H"] for s in shapes) and any(1 < s["Hkv"] < s["H"]

@@ -19,7 +19,7 @@
  *
  * Compile-time defines (set by the launcher; a program is built once per combination):
  *     REAL_IS_DOUBLE     real = double (else float)
- *     HEAD_DIM           D, 1..128
+ *     HEAD_DIM           D, 1..256
  *     BLOCK_Q, BLOCK_K   query / key rows per tile; any positive value, not only powers of two
  *     NUM_THREADS        threads per block (the launcher uses 128)
  *     FLASH_FORWARD or FLASH_BACKWARD   which pass the program holds: the two passes choose
@@ -41,19 +41,67 @@
  *     Causal: key tiles wholly right of the staircase are skipped (the loop stops early).
  *     At the end O / l is written, and lse = m + log(l).
  *
- * flash_attention_backward_drow
- *     Drow_i = sum_d dO_id O_id, one thread per query row: the term that the softmax backward
- *     subtracts, dS = P (dP - Drow), computed once instead of once per key tile.
+ * flash_attention_backward_rows
+ *     Two numbers per query row, one block per (query tile, head, batch):
+ *       Drow_i = sum_d dO_id O_id, the term that the softmax backward subtracts,
+ *         dS = P (dP - Drow), computed once instead of once per key tile. The rows are staged in
+ *         shared memory and summed by dot_rows, which also gives dP_ij = dO_i . V_j, so that
+ *         where O_i = V_j exactly (a row with a single visible key) dP - Drow is exactly 0 and so
+ *         is that row's dS;
+ *       psum_i = sum_j exp(S_ij - lse_i), 1 up to rounding, by the same walk over key tiles as
+ *         the forward. The other two kernels use P_ij = exp(S_ij - lse_i) / psum_i. The lse that
+ *         the forward returns is rounded to the element type and carries the rounding of every
+ *         online-softmax rescale (alpha = exp(m_old - m_new) multiplies l), a few ulps of |lse|
+ *         in float32; exp(S - lse) turns that into the same relative error in every P of the
+ *         row, which dQ, dK and dV inherit. Dividing by psum cancels it, as the naive softmax's
+ *         division by its own sum does. Measured on PoCL, float32, flash_gpu/causal-tq>tk
+ *         (Tq = 29, Tk = 13, D = 64, tiles 12 x 5): dq error / FlashAttention's bar 1.52 with
+ *         exp(S - lse), 0.76 with the forward's lse replaced by the float64 one rounded to
+ *         float32, 0.63 with the division by psum. The price is one dot product per (query,
+ *         key) pair more, about 1/7 of the backward's arithmetic.
  *
  * flash_attention_backward_dkdv
  *     One block per (key tile, kv head, batch); dK and dV of the tile live in registers. The block
  *     loops over every query head of its GQA group and every query tile that can see the key tile
- *     (causal: earlier query tiles are skipped), recomputing P = exp(S - lse) from the saved lse,
+ *     (causal: earlier query tiles are skipped), recomputing P = exp(S - lse) / psum from the
+ *     saved lse and the rows kernel's psum,
  *         dV += P^T dO,   dP = dO V^T,   dS = P (dP - Drow),   dK += scale dS^T Q.
  *
  * flash_attention_backward_dq
  *     One block per (query tile, head, batch); dQ of the tile lives in registers. Same walk over
- *     key tiles as the forward, recomputing P and dS, dQ += scale dS K.
+ *     key tiles as the forward, recomputing P (as the dK/dV kernel) and dS, dQ += scale dS K.
+ *
+ * How the running sums are kept. Every accumulator (O and l in the forward, psum, dQ, dK and dV
+ * in the backward) is summed in two levels: each tile's contribution is first summed on its
+ * own, from zero, over the tile's BLOCK_Q (dK, dV) or BLOCK_K (O, l, psum, dQ) terms, and that
+ * partial sum is then added into the running sum with Kahan's compensated addition (kahan_add;
+ * Kahan 1965, Higham 2002 section 4.3). The error of an element is then that of one tile's sum
+ * plus a few roundings, whatever the number of tiles. A plain running sum adds one rounding per
+ * term: a dK/dV element sums the G * Tq query rows of its GQA group, and its float32 error grew
+ * with G * Tq until it was several times that of a BLAS matmul (which sums in blocks). Measured
+ * on PoCL, float32, MQA (H = 4, Hkv = 1), Tk = 64, D = 64, tiles 12 x 10, one draw per length,
+ * error of dk against float64 divided by FlashAttention's bar (2 x the naive float32 attention's
+ * error + 2 max|(r + 0.3) - 0.3 - r|; above 1 fails):
+ *
+ *     G * Tq                  128    512   2048   8192  16384
+ *     one running sum        0.40   0.92   1.43   2.50   5.65
+ *     tile sums + Kahan      0.09   0.17   0.19   0.11   0.16
+ *
+ * (max |dk error| 8.2e-7 -> 7.2e-5 with one running sum, 1.9e-7 -> 2.0e-6 now, against the naive
+ * attention's 9.2e-7 -> 5.9e-6.) The Kahan pair and the psum pass did not slow the kernels on
+ * PoCL: B = 1, H = 4, Hkv = 2, Tq = Tk = 512, causal, float32, default tiles, forward + backward
+ * 484 -> 311 ms at D = 64 and 1442 -> 986 ms at D = 128 (the smaller default tiles that the
+ * register budget now picks give PoCL more work-groups; timings on a shared 2-core machine).
+ *
+ * Why this survives FMA contraction (NVRTC contracts a * b + c into an FMA by default, PoCL's
+ * clang within one expression): kahan_add has no multiplication, so none of its additions can
+ * be fused, and the partial sums it is given may be FMA chains (more accurate, not less). The
+ * one product that feeds it, the forward's rescaling sum = alpha * sum, may be fused with the
+ * next addition on CUDA; the value the pair represents (sum - comp) is the same either way,
+ * alpha * sum rounded once plus the tile's partial sum, because the compensation is computed
+ * against the rounded product in both cases. So no __fadd_rn-style helper is needed, and CUDA
+ * and OpenCL keep the same arithmetic. The price is a second register per accumulator, which
+ * the launcher counts against its register budget (smaller default tiles).
  *
  * Why two backward passes instead of one with atomics: in FlashAttention-2's single backward
  * pass, every key-tile block adds into all of dQ, so dQ needs atomicAdd on floating point.
@@ -70,6 +118,24 @@
 /* Register accumulators per thread: a (BLOCK_Q, D) or (BLOCK_K, D) tile spread over the block. */
 #define Q_TILE_PER_THREAD ((BLOCK_Q * HEAD_DIM + NUM_THREADS - 1) / NUM_THREADS)
 #define K_TILE_PER_THREAD ((BLOCK_K * HEAD_DIM + NUM_THREADS - 1) / NUM_THREADS)
+
+/* A running sum with Kahan's compensation: the value is sum - comp, comp being what the last
+ * additions rounded away. */
+typedef struct {
+    real sum;
+    real comp;
+} kahan_t;
+
+/* a + x, compensated: x is first corrected by the previous rounding error, and the error of
+ * this addition, (t - sum) - y, is kept for the next one. */
+DEVICE kahan_t kahan_add(kahan_t a, real x)
+{
+    real y = x - a.comp;
+    real t = a.sum + y;
+    a.comp = (t - a.sum) - y;
+    a.sum = t;
+    return a;
+}
 
 /* Query i may attend key j: both in range and, when causal, j <= i + (Tk - Tq). */
 DEVICE int visible(int i, int j, int Tq, int Tk, int causal)
@@ -97,13 +163,29 @@ DEVICE void load_row_values(SHARED_PARAM real* vec, GLOBAL const real* src, int 
         vec[r] = (row0 + r < n_rows) ? src[row0 + r] : fill;
 }
 
-/* sum_d a[d] b[d] over one row of each of two shared tiles. */
+/* sum_d a[d] b[d] over one row of each of two shared tiles, in DOT_LANES interleaved partial
+ * sums (lane l sums d = l, l + DOT_LANES, ...) added pairwise at the end: each partial sum has
+ * HEAD_DIM / DOT_LANES terms, as in a SIMD BLAS dot product, instead of one chain of HEAD_DIM. */
+#define DOT_LANES 8
 DEVICE real dot_rows(SHARED_PARAM const real* a, SHARED_PARAM const real* b)
 {
-    real acc = 0;
-    for (int d = 0; d < HEAD_DIM; ++d)
-        acc += a[d] * b[d];
-    return acc;
+    real lane[DOT_LANES];
+    UNROLL
+    for (int l = 0; l < DOT_LANES; ++l)
+        lane[l] = 0;
+    for (int d0 = 0; d0 < HEAD_DIM; d0 += DOT_LANES) {
+        UNROLL
+        for (int l = 0; l < DOT_LANES; ++l)
+            if (d0 + l < HEAD_DIM)
+                lane[l] += a[d0 + l] * b[d0 + l];
+    }
+    UNROLL
+    for (int width = DOT_LANES / 2; width > 0; width /= 2) {
+        UNROLL
+        for (int l = 0; l < width; ++l)
+            lane[l] += lane[l + width];
+    }
+    return lane[0];
 }
 
 /* End of the key range a query tile needs: keys [0, k_end). Causal: the tile's last row
@@ -125,7 +207,7 @@ KERNEL void flash_attention_forward_v1(GLOBAL const real* q, GLOBAL const real* 
     SHARED real v_tile[BLOCK_K * ROW_STRIDE];
     SHARED real s_tile[BLOCK_Q * BLOCK_K];   /* scores, then probabilities P = exp(S - m) */
     SHARED real row_max[BLOCK_Q];            /* m: running max of the row's scores */
-    SHARED real row_sum[BLOCK_Q];            /* l: running sum of exp(S - m) */
+    SHARED kahan_t row_sum[BLOCK_Q];         /* l: running sum of exp(S - m), compensated */
     SHARED real row_rescale[BLOCK_Q];        /* alpha = exp(m_old - m_new) of the current tile */
 
     const int tid = THREAD_IDX_X;
@@ -140,13 +222,16 @@ KERNEL void flash_attention_forward_v1(GLOBAL const real* q, GLOBAL const real* 
     load_rows(q_tile, q_bh, q0, Tq, BLOCK_Q);
     for (int r = tid; r < BLOCK_Q; r += NUM_THREADS) {
         row_max[r] = -INFINITY;
-        row_sum[r] = 0;
+        row_sum[r].sum = 0;
+        row_sum[r].comp = 0;
     }
     /* This thread's entries e = tid + u * NUM_THREADS of the (BLOCK_Q, D) output tile. */
-    real o_acc[Q_TILE_PER_THREAD];
+    kahan_t o_acc[Q_TILE_PER_THREAD];
     UNROLL
-    for (int u = 0; u < Q_TILE_PER_THREAD; ++u)
-        o_acc[u] = 0;
+    for (int u = 0; u < Q_TILE_PER_THREAD; ++u) {
+        o_acc[u].sum = 0;
+        o_acc[u].comp = 0;
+    }
 
     const int k_end = key_end(q0, Tq, Tk, causal);
     for (int k0 = 0; k0 < k_end; k0 += BLOCK_K) {
@@ -188,23 +273,30 @@ KERNEL void flash_attention_forward_v1(GLOBAL const real* q, GLOBAL const real* 
                     p_sum += p;
                 }
             }
+            kahan_t l = row_sum[r];
+            l.sum = alpha * l.sum;
+            l.comp = alpha * l.comp;
             row_max[r] = m_new;
-            row_sum[r] = alpha * row_sum[r] + p_sum;
+            row_sum[r] = kahan_add(l, p_sum);
             row_rescale[r] = alpha;
         }
         BARRIER();
 
-        /* 3. O_rd = alpha_r O_rd + sum_c P_rc V_cd for this thread's entries. */
+        /* 3. O_rd = alpha_r O_rd + sum_c P_rc V_cd for this thread's entries: the tile's sum
+         *    from zero, then added into the rescaled running sum with compensation. */
         UNROLL
         for (int u = 0; u < Q_TILE_PER_THREAD; ++u) {
             int e = tid + u * NUM_THREADS;
             if (e < BLOCK_Q * HEAD_DIM) {
                 int r = e / HEAD_DIM;
                 int d = e % HEAD_DIM;
-                real acc = row_rescale[r] * o_acc[u];
+                real part = 0;
                 for (int c = 0; c < BLOCK_K; ++c)
-                    acc += s_tile[r * BLOCK_K + c] * v_tile[c * ROW_STRIDE + d];
-                o_acc[u] = acc;
+                    part += s_tile[r * BLOCK_K + c] * v_tile[c * ROW_STRIDE + d];
+                kahan_t o = o_acc[u];
+                o.sum = row_rescale[r] * o.sum;
+                o.comp = row_rescale[r] * o.comp;
+                o_acc[u] = kahan_add(o, part);
             }
         }
     }
@@ -216,14 +308,14 @@ KERNEL void flash_attention_forward_v1(GLOBAL const real* q, GLOBAL const real* 
         int e = tid + u * NUM_THREADS;
         int r = e / HEAD_DIM;
         if (e < BLOCK_Q * HEAD_DIM && q0 + r < Tq) {
-            real l = row_sum[r];
-            real o = l > 0 ? o_acc[u] / l : (real)0;
+            real l = row_sum[r].sum - row_sum[r].comp;
+            real o = l > 0 ? (o_acc[u].sum - o_acc[u].comp) / l : (real)0;
             out[((b * H + h) * Tq + q0 + r) * HEAD_DIM + e % HEAD_DIM] = o;
         }
     }
     for (int r = tid; r < BLOCK_Q; r += NUM_THREADS) {
         if (q0 + r < Tq) {
-            real l = row_sum[r];
+            real l = row_sum[r].sum - row_sum[r].comp;
             lse[(b * H + h) * Tq + q0 + r] = l > 0 ? row_max[r] + log(l) : -INFINITY;
         }
     }
@@ -233,22 +325,76 @@ KERNEL void flash_attention_forward_v1(GLOBAL const real* q, GLOBAL const real* 
 
 #ifdef FLASH_BACKWARD
 
-KERNEL void flash_attention_backward_drow(GLOBAL const real* out, GLOBAL const real* dout,
-                                          GLOBAL real* drow, int n_rows)
+KERNEL void flash_attention_backward_rows(GLOBAL const real* q, GLOBAL const real* k,
+                                          GLOBAL const real* out, GLOBAL const real* dout,
+                                          GLOBAL const real* lse, GLOBAL real* drow,
+                                          GLOBAL real* psum,
+                                          int H, int Hkv, int Tq, int Tk, real scale, int causal)
 {
-    /* Drow_i = sum_d dO_id O_id, one thread per row of the (B * H * Tq, D) view. */
-    int i = BLOCK_IDX_X * BLOCK_DIM_X + THREAD_IDX_X;
-    if (i < n_rows) {
-        real acc = 0;
-        for (int d = 0; d < HEAD_DIM; ++d)
-            acc += dout[i * HEAD_DIM + d] * out[i * HEAD_DIM + d];
-        drow[i] = acc;
+    /* Per query row: Drow_i = sum_d dO_id O_id and psum_i = sum_j exp(S_ij - lse_i). */
+    SHARED real a_tile[BLOCK_Q * ROW_STRIDE];   /* O, then Q */
+    SHARED real do_tile[BLOCK_Q * ROW_STRIDE];
+    SHARED real k_tile[BLOCK_K * ROW_STRIDE];
+    SHARED real p_tile[BLOCK_Q * BLOCK_K];      /* exp(S - lse) */
+    SHARED real lse_tile[BLOCK_Q];
+    SHARED kahan_t row_psum[BLOCK_Q];
+
+    const int tid = THREAD_IDX_X;
+    const int q0 = BLOCK_IDX_X * BLOCK_Q;
+    const int h = BLOCK_IDX_Y;
+    const int b = BLOCK_IDX_Z;
+    const int kvh = h / (H / Hkv);
+    const int bh = b * H + h;
+    GLOBAL const real* k_bh = k + (b * Hkv + kvh) * Tk * HEAD_DIM;
+
+    /* Drow by dot_rows, the function that gives dP = dO . V: where O_i = V_j exactly (a row
+     * with a single visible key) dP - Drow is exactly 0 and so is that row's dS. */
+    load_rows(a_tile, out + bh * Tq * HEAD_DIM, q0, Tq, BLOCK_Q);
+    load_rows(do_tile, dout + bh * Tq * HEAD_DIM, q0, Tq, BLOCK_Q);
+    load_row_values(lse_tile, lse + bh * Tq, q0, Tq, 0);
+    for (int r = tid; r < BLOCK_Q; r += NUM_THREADS) {
+        row_psum[r].sum = 0;
+        row_psum[r].comp = 0;
     }
+    BARRIER();
+    for (int r = tid; r < BLOCK_Q; r += NUM_THREADS)
+        if (q0 + r < Tq)
+            drow[bh * Tq + q0 + r] = dot_rows(do_tile + r * ROW_STRIDE, a_tile + r * ROW_STRIDE);
+    BARRIER();  /* a_tile's O is consumed */
+    load_rows(a_tile, q + bh * Tq * HEAD_DIM, q0, Tq, BLOCK_Q);
+
+    const int k_end = key_end(q0, Tq, Tk, causal);
+    for (int k0 = 0; k0 < k_end; k0 += BLOCK_K) {
+        BARRIER();  /* the previous tile's P and K are consumed; a_tile holds Q */
+        load_rows(k_tile, k_bh, k0, Tk, BLOCK_K);
+        BARRIER();
+        for (int e = tid; e < BLOCK_Q * BLOCK_K; e += NUM_THREADS) {
+            int r = e / BLOCK_K;
+            int c = e % BLOCK_K;
+            p_tile[e] = visible(q0 + r, k0 + c, Tq, Tk, causal)
+                            ? exp(scale * dot_rows(a_tile + r * ROW_STRIDE,
+                                                   k_tile + c * ROW_STRIDE) - lse_tile[r])
+                            : (real)0;
+        }
+        BARRIER();
+        /* psum += the tile's row sum, from zero, compensated */
+        for (int r = tid; r < BLOCK_Q; r += NUM_THREADS) {
+            real part = 0;
+            for (int c = 0; c < BLOCK_K; ++c)
+                part += p_tile[r * BLOCK_K + c];
+            row_psum[r] = kahan_add(row_psum[r], part);
+        }
+    }
+    BARRIER();  /* row_psum final */
+    for (int r = tid; r < BLOCK_Q; r += NUM_THREADS)
+        if (q0 + r < Tq)
+            psum[bh * Tq + q0 + r] = row_psum[r].sum - row_psum[r].comp;
 }
 
 KERNEL void flash_attention_backward_dkdv(GLOBAL const real* q, GLOBAL const real* k,
                                           GLOBAL const real* v, GLOBAL const real* dout,
                                           GLOBAL const real* lse, GLOBAL const real* drow,
+                                          GLOBAL const real* psum,
                                           GLOBAL real* dk, GLOBAL real* dv,
                                           int H, int Hkv, int Tq, int Tk, real scale, int causal)
 {
@@ -260,6 +406,7 @@ KERNEL void flash_attention_backward_dkdv(GLOBAL const real* q, GLOBAL const rea
     SHARED real ds_tile[BLOCK_Q * BLOCK_K];   /* dS = P (dP - Drow) */
     SHARED real lse_tile[BLOCK_Q];
     SHARED real drow_tile[BLOCK_Q];
+    SHARED real psum_tile[BLOCK_Q];
 
     const int tid = THREAD_IDX_X;
     const int k0 = BLOCK_IDX_X * BLOCK_K;
@@ -270,12 +417,14 @@ KERNEL void flash_attention_backward_dkdv(GLOBAL const real* q, GLOBAL const rea
     load_rows(k_tile, k + (b * Hkv + kvh) * Tk * HEAD_DIM, k0, Tk, BLOCK_K);
     load_rows(v_tile, v + (b * Hkv + kvh) * Tk * HEAD_DIM, k0, Tk, BLOCK_K);
     /* This thread's entries e = tid + u * NUM_THREADS of the (BLOCK_K, D) dK and dV tiles. */
-    real dk_acc[K_TILE_PER_THREAD];
-    real dv_acc[K_TILE_PER_THREAD];
+    kahan_t dk_acc[K_TILE_PER_THREAD];
+    kahan_t dv_acc[K_TILE_PER_THREAD];
     UNROLL
     for (int u = 0; u < K_TILE_PER_THREAD; ++u) {
-        dk_acc[u] = 0;
-        dv_acc[u] = 0;
+        dk_acc[u].sum = 0;
+        dk_acc[u].comp = 0;
+        dv_acc[u].sum = 0;
+        dv_acc[u].comp = 0;
     }
 
     /* Causal: key k0 is first seen by query i = k0 - (Tk - Tq); start at that query's tile. */
@@ -290,9 +439,10 @@ KERNEL void flash_attention_backward_dkdv(GLOBAL const real* q, GLOBAL const rea
             load_rows(do_tile, do_bh, q0, Tq, BLOCK_Q);
             load_row_values(lse_tile, lse + (b * H + h) * Tq, q0, Tq, 0);
             load_row_values(drow_tile, drow + (b * H + h) * Tq, q0, Tq, 0);
+            load_row_values(psum_tile, psum + (b * H + h) * Tq, q0, Tq, 1);
             BARRIER();
 
-            /* P_rc = exp(scale q_r . k_c - lse_r), dS_rc = P_rc (dO_r . v_c - Drow_r);
+            /* P_rc = exp(scale q_r . k_c - lse_r) / psum_r, dS_rc = P_rc (dO_r . v_c - Drow_r);
              * both zero where query q0+r may not see key k0+c. */
             for (int e = tid; e < BLOCK_Q * BLOCK_K; e += NUM_THREADS) {
                 int r = e / BLOCK_K;
@@ -300,8 +450,8 @@ KERNEL void flash_attention_backward_dkdv(GLOBAL const real* q, GLOBAL const rea
                 real p = 0;
                 real ds = 0;
                 if (visible(q0 + r, k0 + c, Tq, Tk, causal)) {
-                    real s = scale * dot_rows(q_tile + r * ROW_STRIDE, k_tile + c * ROW_STRIDE);
-                    p = exp(s - lse_tile[r]);
+                    p = exp(scale * dot_rows(q_tile + r * ROW_STRIDE, k_tile + c * ROW_STRIDE)
+                            - lse_tile[r]) / psum_tile[r];
                     real dp = dot_rows(do_tile + r * ROW_STRIDE, v_tile + c * ROW_STRIDE);
                     ds = p * (dp - drow_tile[r]);
                 }
@@ -310,21 +460,22 @@ KERNEL void flash_attention_backward_dkdv(GLOBAL const real* q, GLOBAL const rea
             }
             BARRIER();
 
-            /* dV_cd += sum_r P_rc dO_rd,  dK_cd += sum_r dS_rc Q_rd  (scale applied at the end). */
+            /* dV_cd += sum_r P_rc dO_rd,  dK_cd += sum_r dS_rc Q_rd  (scale applied at the end):
+             * the tile's sums from zero, then added into the running sums with compensation. */
             UNROLL
             for (int u = 0; u < K_TILE_PER_THREAD; ++u) {
                 int e = tid + u * NUM_THREADS;
                 if (e < BLOCK_K * HEAD_DIM) {
                     int c = e / HEAD_DIM;
                     int d = e % HEAD_DIM;
-                    real dv_e = dv_acc[u];
-                    real dk_e = dk_acc[u];
+                    real dv_part = 0;
+                    real dk_part = 0;
                     for (int r = 0; r < BLOCK_Q; ++r) {
-                        dv_e += p_tile[r * BLOCK_K + c] * do_tile[r * ROW_STRIDE + d];
-                        dk_e += ds_tile[r * BLOCK_K + c] * q_tile[r * ROW_STRIDE + d];
+                        dv_part += p_tile[r * BLOCK_K + c] * do_tile[r * ROW_STRIDE + d];
+                        dk_part += ds_tile[r * BLOCK_K + c] * q_tile[r * ROW_STRIDE + d];
                     }
-                    dv_acc[u] = dv_e;
-                    dk_acc[u] = dk_e;
+                    dv_acc[u] = kahan_add(dv_acc[u], dv_part);
+                    dk_acc[u] = kahan_add(dk_acc[u], dk_part);
                 }
             }
         }
@@ -337,8 +488,8 @@ KERNEL void flash_attention_backward_dkdv(GLOBAL const real* q, GLOBAL const rea
         int c = e / HEAD_DIM;
         if (e < BLOCK_K * HEAD_DIM && k0 + c < Tk) {
             int at = ((b * Hkv + kvh) * Tk + k0 + c) * HEAD_DIM + e % HEAD_DIM;
-            dk[at] = scale * dk_acc[u];
-            dv[at] = dv_acc[u];
+            dk[at] = scale * (dk_acc[u].sum - dk_acc[u].comp);
+            dv[at] = dv_acc[u].sum - dv_acc[u].comp;
         }
     }
 }
@@ -346,7 +497,7 @@ KERNEL void flash_attention_backward_dkdv(GLOBAL const real* q, GLOBAL const rea
 KERNEL void flash_attention_backward_dq(GLOBAL const real* q, GLOBAL const real* k,
                                         GLOBAL const real* v, GLOBAL const real* dout,
                                         GLOBAL const real* lse, GLOBAL const real* drow,
-                                        GLOBAL real* dq,
+                                        GLOBAL const real* psum, GLOBAL real* dq,
                                         int H, int Hkv, int Tq, int Tk, real scale, int causal)
 {
     SHARED real q_tile[BLOCK_Q * ROW_STRIDE];
@@ -356,6 +507,7 @@ KERNEL void flash_attention_backward_dq(GLOBAL const real* q, GLOBAL const real*
     SHARED real ds_tile[BLOCK_Q * BLOCK_K];   /* dS = P (dP - Drow) */
     SHARED real lse_tile[BLOCK_Q];
     SHARED real drow_tile[BLOCK_Q];
+    SHARED real psum_tile[BLOCK_Q];
 
     const int tid = THREAD_IDX_X;
     const int q0 = BLOCK_IDX_X * BLOCK_Q;
@@ -369,11 +521,14 @@ KERNEL void flash_attention_backward_dq(GLOBAL const real* q, GLOBAL const real*
     load_rows(do_tile, dout + (b * H + h) * Tq * HEAD_DIM, q0, Tq, BLOCK_Q);
     load_row_values(lse_tile, lse + (b * H + h) * Tq, q0, Tq, 0);
     load_row_values(drow_tile, drow + (b * H + h) * Tq, q0, Tq, 0);
+    load_row_values(psum_tile, psum + (b * H + h) * Tq, q0, Tq, 1);
     /* This thread's entries e = tid + u * NUM_THREADS of the (BLOCK_Q, D) dQ tile. */
-    real dq_acc[Q_TILE_PER_THREAD];
+    kahan_t dq_acc[Q_TILE_PER_THREAD];
     UNROLL
-    for (int u = 0; u < Q_TILE_PER_THREAD; ++u)
-        dq_acc[u] = 0;
+    for (int u = 0; u < Q_TILE_PER_THREAD; ++u) {
+        dq_acc[u].sum = 0;
+        dq_acc[u].comp = 0;
+    }
 
     const int k_end = key_end(q0, Tq, Tk, causal);
     for (int k0 = 0; k0 < k_end; k0 += BLOCK_K) {
@@ -382,14 +537,14 @@ KERNEL void flash_attention_backward_dq(GLOBAL const real* q, GLOBAL const real*
         load_rows(v_tile, v_bh, k0, Tk, BLOCK_K);
         BARRIER();
 
-        /* dS_rc = P_rc (dO_r . v_c - Drow_r) with P_rc = exp(scale q_r . k_c - lse_r). */
+        /* dS_rc = P_rc (dO_r . v_c - Drow_r) with P_rc = exp(scale q_r . k_c - lse_r) / psum_r. */
         for (int e = tid; e < BLOCK_Q * BLOCK_K; e += NUM_THREADS) {
             int r = e / BLOCK_K;
             int c = e % BLOCK_K;
             real ds = 0;
             if (visible(q0 + r, k0 + c, Tq, Tk, causal)) {
-                real s = scale * dot_rows(q_tile + r * ROW_STRIDE, k_tile + c * ROW_STRIDE);
-                real p = exp(s - lse_tile[r]);
+                real p = exp(scale * dot_rows(q_tile + r * ROW_STRIDE, k_tile + c * ROW_STRIDE)
+                             - lse_tile[r]) / psum_tile[r];
                 real dp = dot_rows(do_tile + r * ROW_STRIDE, v_tile + c * ROW_STRIDE);
                 ds = p * (dp - drow_tile[r]);
             }
@@ -397,17 +552,18 @@ KERNEL void flash_attention_backward_dq(GLOBAL const real* q, GLOBAL const real*
         }
         BARRIER();
 
-        /* dQ_rd += sum_c dS_rc K_cd  (scale applied at the end). */
+        /* dQ_rd += sum_c dS_rc K_cd  (scale applied at the end): the tile's sum from zero,
+         * then added into the running sum with compensation. */
         UNROLL
         for (int u = 0; u < Q_TILE_PER_THREAD; ++u) {
             int e = tid + u * NUM_THREADS;
             if (e < BLOCK_Q * HEAD_DIM) {
                 int r = e / HEAD_DIM;
                 int d = e % HEAD_DIM;
-                real acc = dq_acc[u];
+                real part = 0;
                 for (int c = 0; c < BLOCK_K; ++c)
-                    acc += ds_tile[r * BLOCK_K + c] * k_tile[c * ROW_STRIDE + d];
-                dq_acc[u] = acc;
+                    part += ds_tile[r * BLOCK_K + c] * k_tile[c * ROW_STRIDE + d];
+                dq_acc[u] = kahan_add(dq_acc[u], part);
             }
         }
     }
@@ -417,7 +573,8 @@ KERNEL void flash_attention_backward_dq(GLOBAL const real* q, GLOBAL const real*
         int e = tid + u * NUM_THREADS;
         int r = e / HEAD_DIM;
         if (e < BLOCK_Q * HEAD_DIM && q0 + r < Tq)
-            dq[((b * H + h) * Tq + q0 + r) * HEAD_DIM + e % HEAD_DIM] = scale * dq_acc[u];
+            dq[((b * H + h) * Tq + q0 + r) * HEAD_DIM + e % HEAD_DIM] =
+                scale * (dq_acc[u].sum - dq_acc[u].comp);
     }
 }
 
