@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from gpu_cupy import runtime
-from gpu_cupy.softmax import (INT32_MAX, NUM_THREADS, array_module, check_array, check_backend,
-                              check_rows, defines, ready, results)
+from gpu_cupy.arguments import array_module, check_backend, results
+from gpu_cupy.softmax import INT32_MAX, NUM_THREADS, check_array, check_rows, defines, ready
 
 KERNEL_FILE = "norms.cu"
 FORWARD_KERNELS = ("rmsnorm_forward", "layernorm_forward")

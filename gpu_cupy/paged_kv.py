@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpu_cupy import runtime
+from gpu_cupy.arguments import array_module, check_backend, check_kind, results
 from ref_numpy import alibi as alibi_mod
 from ref_numpy import paged_attention
 from ref_numpy._check import check_positive_int, check_scale
@@ -93,28 +94,6 @@ def nvrtc_configs(dtype) -> list[tuple[dict, tuple[str, ...]]]:
 
 # ----------------------------------------------------------------------------- validation
 
-def _is_cupy(x) -> bool:
-    return type(x).__module__.startswith("cupy")
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in runtime.BACKENDS:
-        raise ValueError(f"backend: expected one of {list(runtime.BACKENDS)} but got {backend!r}")
-
-
-def _kind(name: str, x, backend: str) -> None:
-    """A NumPy array, or with backend="cupy" a NumPy or CuPy array; C-contiguous."""
-    if _is_cupy(x):
-        if backend != "cupy":
-            raise TypeError(f"{name}: expected a numpy.ndarray for backend={backend!r} but got "
-                            f"a cupy.ndarray")
-    elif not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray but got {type(x).__name__}")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"{name}: expected a C-contiguous array but got strides {x.strides} "
-                         f"for shape {x.shape}; pass np.ascontiguousarray({name}) explicitly")
-
-
 def _floats(backend: str, arrays: dict, nan_checked: tuple[str, ...] = ()) -> np.dtype:
     """float32/float64 arrays of one dtype (that of the first); those named in ``nan_checked``
     may not hold NaN. Returns the dtype."""
@@ -126,7 +105,7 @@ def _floats(backend: str, arrays: dict, nan_checked: tuple[str, ...] = ()) -> np
         if x.dtype != dtype:
             raise TypeError(f"{name}: expected dtype {dtype} (the dtype of {names[0]}) but got "
                             f"{x.dtype}")
-        _kind(name, x, backend)
+        check_kind(name, x, backend)
         if name in nan_checked and bool((x != x).any()):
             where = np.argwhere(runtime.to_host(x) != runtime.to_host(x))[0]
             raise ValueError(f"{name}: contains NaN (first at index "
@@ -140,7 +119,7 @@ def _ints(backend: str, **arrays) -> dict[str, np.ndarray]:
     for name, x in arrays.items():
         if x.dtype != np.int32:
             raise TypeError(f"{name}: expected dtype int32 but got {x.dtype}")
-        _kind(name, x, backend)
+        check_kind(name, x, backend)
         out[name] = runtime.to_host(x)
     return out
 
@@ -188,21 +167,8 @@ def _grid_yz(name: str, **dims) -> None:
                              f"dimension) but got {n}")
 
 
-def _xp(backend: str, *arrays):
-    if backend == "cupy" and any(_is_cupy(x) for x in arrays):
-        import cupy
-        return cupy
-    return np
-
-
 def _program(backend: str, D: int, block_size: int, dtype):
     return runtime.build(backend, KERNEL_FILE, defines(D, block_size, dtype))
-
-
-def _result(xp, *device_arrays):
-    if xp is np:
-        return tuple(runtime.to_host(a) for a in device_arrays)
-    return device_arrays
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -222,7 +188,7 @@ def paged_kv_write(k_new, v_new, k_pool, v_pool, slot_mapping, *, backend: str =
     Returns:
         (k_pool, v_pool), the arrays given, updated (CuPy pools: once the kernel has run).
     """
-    _check_backend(backend)
+    check_backend(backend)
     (N, Hkv, BS, D), dtype = _pools(k_pool, v_pool, backend)
     _floats(backend, {"k_pool": k_pool, "k_new": k_new, "v_new": v_new},
             nan_checked=("k_new", "v_new"))
@@ -266,7 +232,7 @@ def paged_kv_gather(k_pool, v_pool, block_tables, lengths, *, max_len: int | Non
     Returns:
         k, v: (S, Hkv, L, D), the pools' dtype.
     """
-    _check_backend(backend)
+    check_backend(backend)
     (N, Hkv, BS, D), dtype = _pools(k_pool, v_pool, backend)
     host = _ints(backend, block_tables=block_tables, lengths=lengths)
     paged_attention.check_block_tables(host["block_tables"], host["lengths"], N, BS)
@@ -282,7 +248,7 @@ def paged_kv_gather(k_pool, v_pool, block_tables, lengths, *, max_len: int | Non
                          f"with int32) but got {S} * {Hkv} * {L} * {D}")
     _grid_yz("block_tables", sequences=S)
     _ready(backend, dtype, D, BS)
-    xp = _xp(backend, k_pool, v_pool, block_tables, lengths)
+    xp = array_module(backend, k_pool, v_pool, block_tables, lengths)
     if S * L == 0:
         return xp.zeros((S, Hkv, L, D), dtype), xp.zeros((S, Hkv, L, D), dtype)
     program = _program(backend, D, BS, dtype)
@@ -292,7 +258,7 @@ def paged_kv_gather(k_pool, v_pool, block_tables, lengths, *, max_len: int | Non
     runtime.launch(program, CACHE_KERNELS[1], grid=(-(-L // BS), Hkv, S), block=(NUM_THREADS,),
                    args=(d_k_pool, d_v_pool, d_tables, d_lengths, d_k, d_v, np.int32(Hkv),
                          np.int32(M), np.int32(L)))
-    return _result(xp, d_k, d_v)
+    return results(xp, d_k, d_v)
 
 
 def paged_attention_decode(q, k_pool, v_pool, block_tables, lengths, *, scale=None,
@@ -321,7 +287,7 @@ def paged_attention_decode(q, k_pool, v_pool, block_tables, lengths, *, scale=No
     if version not in DECODE_VERSIONS:
         raise ValueError(f"version: expected one of {sorted(DECODE_VERSIONS)} but got "
                          f"{version!r}")
-    _check_backend(backend)
+    check_backend(backend)
     (N, Hkv, BS, D), dtype = _pools(k_pool, v_pool, backend)
     _floats(backend, {"k_pool": k_pool, "q": q}, nan_checked=("q",))
     if q.ndim != 3 or q.shape[2] != D or q.shape[1] % Hkv:
@@ -362,7 +328,7 @@ def paged_attention_decode(q, k_pool, v_pool, block_tables, lengths, *, scale=No
                          f"(the partial outputs are indexed with int32) but got {S} * {H} * "
                          f"{max_partitions} * {D}")
     _ready(backend, dtype, D, BS)
-    xp = _xp(backend, q, k_pool, v_pool, block_tables, lengths)
+    xp = array_module(backend, q, k_pool, v_pool, block_tables, lengths)
     if S == 0:
         return xp.zeros((0, H, D), dtype)
     program = _program(backend, D, BS, dtype)
@@ -377,7 +343,7 @@ def paged_attention_decode(q, k_pool, v_pool, block_tables, lengths, *, scale=No
         runtime.launch(program, DECODE_VERSIONS[1][0], grid=(1, H, S), block=(NUM_THREADS,),
                        args=head + (d_out, i32(H), i32(Hkv), i32(M), real(scale),
                                     i32(window)))
-        return _result(xp, d_out)[0]
+        return results(xp, d_out)[0]
     partition, reduce = DECODE_VERSIONS[2]
     d_max, d_sum = (runtime.empty(backend, (S, H, max_partitions), dtype) for _ in range(2))
     d_part = runtime.empty(backend, (S, H, max_partitions, D), dtype)
@@ -387,4 +353,4 @@ def paged_attention_decode(q, k_pool, v_pool, block_tables, lengths, *, scale=No
     runtime.launch(program, reduce, grid=(1, H, S), block=(NUM_THREADS,),
                    args=(d_max, d_sum, d_part, d_lengths, d_out, i32(H), i32(max_partitions),
                          i32(P), i32(window)))
-    return _result(xp, d_out)[0]
+    return results(xp, d_out)[0]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpu_cupy import runtime
+from gpu_cupy.arguments import array_module, check_backend, is_cupy, results
 
 KERNEL_FILE = "softmax.cu"
 NUM_THREADS = 256              # threads per block for every kernel of the file (a power of two)
@@ -60,19 +61,10 @@ def nvrtc_configs(dtype) -> list[tuple[dict, tuple[str, ...]]]:
 
 # ----------------------------------------------------------------------------- validation
 
-def _is_cupy(x) -> bool:
-    return type(x).__module__.startswith("cupy")
-
-
-def check_backend(backend: str) -> None:
-    if backend not in runtime.BACKENDS:
-        raise ValueError(f"backend: expected one of {list(runtime.BACKENDS)} but got {backend!r}")
-
-
 def check_array(name: str, x, backend: str, dtype=None, kinds=(np.float32, np.float64)):
     """A NumPy array (or with backend="cupy" a NumPy or CuPy array), C-contiguous, of one of
     ``kinds``, and of ``dtype`` when given (the dtype of the call's first array)."""
-    if _is_cupy(x):
+    if is_cupy(x):
         if backend != "cupy":
             raise TypeError(f"{name}: expected a numpy.ndarray for backend={backend!r} but got "
                             f"a cupy.ndarray")
@@ -122,21 +114,6 @@ def ready(backend: str, dtype, shared: int) -> None:
     if shared > device_limit:
         raise ValueError(f"a block needs {shared} bytes of shared memory but "
                          f"{runtime.device(backend).name} allows {device_limit}")
-
-
-def array_module(backend: str, *arrays):
-    """The array module results are returned in: CuPy if CuPy arrays went in, else NumPy."""
-    if backend == "cupy" and any(_is_cupy(x) for x in arrays):
-        import cupy
-        return cupy
-    return np
-
-
-def results(xp, *device_arrays):
-    """Device arrays as the caller gets them: NumPy copies, or the CuPy arrays themselves."""
-    if xp is np:
-        return tuple(runtime.to_host(a) for a in device_arrays)
-    return device_arrays
 
 
 def _version(version) -> str:
