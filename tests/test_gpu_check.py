@@ -23,7 +23,8 @@ def test_dry_run_prints_every_step_and_parses_the_project_commands(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     names = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("[")]
-    assert names == ["nvidia-smi", "versions", "pytest-gpu", "run-cupy", "bench-flash-cupy"]
+    assert names == ["nvidia-smi", "versions", "pytest-gpu", "run-cupy", "bench-flash-cupy",
+                     "bench-kernels-cupy"]
     assert "--backend cupy" in done.stdout and "10 flash shapes" in done.stdout
 
 
