@@ -91,6 +91,16 @@ def test_bench_kernels_times_each_entry_next_to_torch_on_opencl(monkeypatch):
         assert r["torch GB/s"] == pytest.approx(bytes_of[r["kernel"]] / r["torch ms"] / 1e6)
         assert r["kernel / torch"] == pytest.approx(r["kernel ms"] / r["torch ms"])
         assert r["kernel GFLOP/s"] is None and r["torch GFLOP/s"] is None
+        assert r["kernel % of peak"] is None          # PoCL's CPU has no peak figure
+
+
+@pytest.mark.skipif(not OPENCL_OK, reason=OPENCL_WHY)
+def test_the_share_of_peak_is_the_kernels_gb_per_s_over_the_devices_peak(monkeypatch):
+    monkeypatch.setattr(gs, "BENCH", [tiny(gs.BENCH[0], (3, 300))])
+    monkeypatch.setattr(kernels, "_device_peak", lambda backend: 0.5)     # a 0.5 GB/s device
+    rows = run_bench(["--backend", "opencl", "--only", "tiny softmax*", *QUICK])["kernels"]
+    assert len(rows) == 1
+    assert rows[0]["kernel % of peak"] == pytest.approx(100 * rows[0]["kernel GB/s"] / 0.5)
 
 
 def test_a_pattern_that_matches_nothing_lists_the_entries():

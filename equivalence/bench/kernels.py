@@ -25,7 +25,9 @@ two columns compare the same amount of work; "kernel / torch" is the ratio of th
   the OpenCL buffers; torch runs on the CPU.
 - ``--backend cupy`` (a CUDA GPU): the builders keep CuPy arrays on the device. torch runs on the
   GPU when ``torch.cuda.is_available()``; with a CPU-only torch its columns are left empty and
-  "torch device" says why. Without a CUDA device the command stops and says so.
+  "torch device" says why. Without a CUDA device the command stops and says so. "kernel % of
+  peak" sets each memory-bound kernel's GB/s against the device's theoretical DRAM bandwidth,
+  2 x memory clock x bus width (:func:`peak_bandwidth_gbs`); for GEMM, torch's column is cuBLAS.
 
 Example: ``crosscheck bench kernels --only 'cross_entropy*' --min-time 0.2``.
 """
@@ -111,6 +113,24 @@ def torch_device(backend: str) -> str | None:
     return "cuda" if torch.cuda.is_available() else None
 
 
+def peak_bandwidth_gbs(props: dict) -> float:
+    """Theoretical DRAM bandwidth in GB/s from CUDA device properties: double data rate, so
+    2 x memoryClockRate (kHz) x memoryBusWidth (bits) / 8, as CUDA's bandwidthTest reports it.
+
+    >>> round(peak_bandwidth_gbs({"memoryClockRate": 1593000, "memoryBusWidth": 5120}))
+    2039
+    """
+    return 2 * props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8 / 1e9
+
+
+def _device_peak(backend: str) -> float | None:
+    """The GPU's peak bandwidth (GB/s); None for OpenCL, where PoCL's CPU has no such figure."""
+    if backend != "cupy":
+        return None
+    import cupy
+    return peak_bandwidth_gbs(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id))
+
+
 def _rate(amount: int | None, seconds: float | None, unit: float) -> float | None:
     return None if amount is None or seconds is None else amount / seconds / unit
 
@@ -133,6 +153,7 @@ def run(args) -> dict[str, list[dict]]:
         raise SystemExit(f"bench kernels: no entry matches --only {args.only!r}; the entries "
                          f"are: {', '.join(e['name'] for e in discover())}")
     device = torch_device(backend)
+    peak = _device_peak(backend)
     peers = [e for e in entries if e["torch"] is not None]
     rows = []
     for threads in thread_settings(args):
@@ -152,6 +173,8 @@ def run(args) -> dict[str, list[dict]]:
                          "kernel ms": kt.median * 1e3, "kernel spread": kt.spread,
                          "kernel GB/s": _rate(e["bytes"], kt.median, 1e9),
                          "kernel GFLOP/s": _rate(e["flops"], kt.median, 1e9),
+                         "kernel % of peak": (None if peak is None or e["bytes"] is None else
+                                              100 * _rate(e["bytes"], kt.median, 1e9) / peak),
                          "torch ms": None if tt is None else torch_s * 1e3,
                          "torch GB/s": _rate(e["bytes"], torch_s, 1e9),
                          "torch GFLOP/s": _rate(e["flops"], torch_s, 1e9),
