@@ -250,7 +250,7 @@ def works(text: str) -> list[str]:
 
 def held_out_split(text: str, held_out: int = 5) -> tuple[str, str]:
     """(train, held-out): the corpus split by whole works, the last ``held_out`` works held out
-    (the split that ``../shared/data/README.md`` recommends).
+    (whole works, so that no held-out line was seen in training).
 
     >>> text = "A\\nby William Shakespeare\\nx\\nB\\nby William Shakespeare\\ny"
     >>> held_out_split(text, 1)

@@ -65,3 +65,24 @@ def test_bench_tokenizer_one_part_and_its_errors(tmp_path):
     argv = ["bench", "tokenizer", "--input", str(tmp_path / "nope.txt")]
     with pytest.raises(ValueError, match=r"--input: expected a text file"):
         bench.run(build_parser(argv).parse_args(argv))
+
+
+def test_the_default_input_is_the_shipped_excerpt():
+    argv = ["bench", "tokenizer"]
+    args = build_parser(argv).parse_args(argv)
+    assert args.input == str(bench.CORPUS) and bench.CORPUS.is_file()
+    assert bench.CORPUS.parts[-3:] == ("ref_numpy", "corpus", "excerpt.txt")
+    assert args.heldout is None and args.heldout_works == 1
+
+
+def test_without_heldout_the_last_works_are_held_out_of_training(tmp_path):
+    works = [f"WORK {n}\nby William Shakespeare\n" + f"line of work {n}\n" * 40 for n in "ABC"]
+    (tmp_path / "in.txt").write_text("".join(works), encoding="utf-8")
+    argv = ["bench", "tokenizer", "--input", str(tmp_path / "in.txt"), "--train-bytes", "10000",
+            "--heldout-works", "1"]
+    args = build_parser(argv).parse_args(argv)
+    corpus = bench._prepare(args, tmp_path)
+    train = open(corpus["paths"]["train"], encoding="utf-8").read()
+    heldout = open(corpus["paths"]["heldout"], encoding="utf-8").read()
+    assert train == works[0] + works[1] and heldout == works[2]
+    assert corpus["heldout"] == f"the last 1 works of {tmp_path / 'in.txt'}"

@@ -5,8 +5,9 @@ Every side runs in its own fresh child of the shared layer (``equivalence.bench.
 the same thread setting (default one thread: our trainer and encoder are single-threaded; with
 ``--threads 2`` tokenizers' Rust pool gets two as well, through RAYON_NUM_THREADS).
 
-1. Training on the first ``--train-bytes`` (1,000,000) bytes of ``--input`` (default the shared
-   Shakespeare corpus), split by ``--pattern`` (gpt2):
+1. Training on the first ``--train-bytes`` (1,000,000) bytes of ``--input`` (default the
+   Shakespeare excerpt shipped as ``ref_numpy/corpus/excerpt.txt``; without ``--heldout``, of
+   the works before the held-out ones), split by ``--pattern`` (gpt2):
    - ``ref_numpy.bpe_train.train`` against ``train_plain`` (recount every merge) at
      ``--plain-vocab-size`` (1024): target at least 20x faster, i.e. a ratio <= 0.05. The plain
      trainer takes about 9 minutes a call there; ``--plain-vocab-size 300`` times both at 44
@@ -16,16 +17,18 @@ the same thread setting (default one thread: our trainer and encoder are single-
      without a target.
    A training side is called ``--train-repeats`` (3) times, the plain one ``--plain-repeats``
    (1) times, each after one untimed calibration call of the layer.
-2. Encoding the held-out text (the last 5 works of the corpus, or ``--heldout FILE``) with the
+2. Encoding the held-out text (the last ``--heldout-works`` works of ``--input``, default 1, or
+   ``--heldout FILE``) with the
    tokenizer ``train`` learns at ``--encode-vocab-size`` (4096), in MB/s: ours (chunk cache
    emptied before every call, so each call is one cold encode) against tiktoken built from our
    mergeable ranks and pattern (target: at most 20x slower) and against tokenizers loaded from
    our tokenizer.json. The ids of all three are compared (untimed), and the rows say whether
    they are identical.
 
-Measured with the defaults (gpt2, one thread) on two cores that other jobs shared, in about
-20 minutes, nearly all of them the plain trainer's two calls (the layer's calibration and the
-timed one):
+Measured on the 5 MB file of Shakespeare's 42 works (``--input shakespeare.txt
+--heldout-works 5``, otherwise the defaults: gpt2, one thread) on two cores that other jobs
+shared, in about 20 minutes, nearly all of them the plain trainer's two calls (the layer's
+calibration and the timed one):
 
     train 1 MB, 1024 tokens    ours 0.56 s    plain 535 s                 957x faster
     train 1 MB, 4096 tokens    ours 0.88 s    tokenizers 0.74 s           ratio 1.2
@@ -47,16 +50,19 @@ from equivalence.bench.common import (Side, add_timing_arguments, check_timing_a
                                       measure, ratio_row, thread_settings, timing_row)
 
 HERE = "equivalence.bench.tokenizer"
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "shakespeare.txt"
+CORPUS = Path(__file__).resolve().parents[2] / "ref_numpy" / "corpus" / "excerpt.txt"
 PLAIN_TARGET = 0.05         # ours / plain: at least 20x faster
 TIKTOKEN_TARGET = 20.0      # ours / tiktoken: at most 20x slower
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", metavar="FILE", default=str(CORPUS),
-                        help="UTF-8 training text (default ../shared/data/shakespeare.txt)")
+                        help="UTF-8 training text (default: the shipped Shakespeare excerpt)")
     parser.add_argument("--heldout", metavar="FILE",
-                        help="text to encode (default: the last 5 works of --input)")
+                        help="text to encode (default: the last --heldout-works works of "
+                             "--input)")
+    parser.add_argument("--heldout-works", type=int, default=1, metavar="N",
+                        help="works held out of --input when no --heldout is given (default 1)")
     parser.add_argument("--train-bytes", type=int, default=1_000_000, metavar="N",
                         help="train on the first N bytes (default 1000000)")
     parser.add_argument("--pattern", choices=("gpt2", "gpt4"), default="gpt2")
@@ -159,7 +165,7 @@ def tokenizers_encode(model, path):
 
 def _check(args) -> None:
     check_timing_arguments(args)
-    for name in ("train_bytes", "train_repeats", "plain_repeats"):
+    for name in ("train_bytes", "train_repeats", "plain_repeats", "heldout_works"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected an int >= 1 but got "
                              f"{getattr(args, name)}")
@@ -179,13 +185,14 @@ def _prepare(args, workdir: Path) -> dict:
     """The training slice and held-out text as files the children read, and the corpus row."""
     from ref_numpy import data
     raw = Path(args.input).read_bytes()
-    train_text = raw[:args.train_bytes].decode("utf-8", errors="ignore")
     if args.heldout is not None:
         heldout = _text(args.heldout)
         where = args.heldout
-    else:
-        heldout = data.held_out_split(raw.decode("utf-8"))[1]
-        where = f"the last 5 works of {args.input}"
+    else:                   # train only on the works before the held-out ones
+        before, heldout = data.held_out_split(raw.decode("utf-8"), args.heldout_works)
+        raw = before.encode("utf-8")
+        where = f"the last {args.heldout_works} works of {args.input}"
+    train_text = raw[:args.train_bytes].decode("utf-8", errors="ignore")
     paths = {"train": workdir / "train.txt", "heldout": workdir / "heldout.txt"}
     paths["train"].write_text(train_text, encoding="utf-8")
     paths["heldout"].write_text(heldout, encoding="utf-8")
