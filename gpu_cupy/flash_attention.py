@@ -62,7 +62,8 @@ def shared_bytes(pass_: str, D: int, block_q: int, block_k: int, itemsize: int) 
 
     Tile rows have stride D + 1. Forward: Q, K, V tiles, the (Br, Bc) score tile and four row
     statistics (m, l and l's compensation, alpha). Backward: the largest of its kernels, dK/dV
-    (Q, dO, K, V tiles, P and dS tiles, lse, Drow and psum of the rows).
+    (Q, dO, K, V tiles, P and dS tiles) and its row kernel's five row vectors (lse, and psum
+    and Drow's sums, each with a compensation).
 
     >>> shared_bytes("forward", 64, 32, 32, 4)   # ((32 + 2*32) * 65 + 32*32 + 4*32) * 4
     29568
@@ -71,7 +72,7 @@ def shared_bytes(pass_: str, D: int, block_q: int, block_k: int, itemsize: int) 
     if pass_ == "forward":
         reals = (block_q + 2 * block_k) * rows + block_q * block_k + 4 * block_q
     elif pass_ == "backward":
-        reals = (2 * block_q + 2 * block_k) * rows + 2 * block_q * block_k + 3 * block_q
+        reals = (2 * block_q + 2 * block_k) * rows + 2 * block_q * block_k + 5 * block_q
     else:
         raise ValueError(f"pass_: expected 'forward' or 'backward' but got {pass_!r}")
     return reals * itemsize
@@ -137,7 +138,7 @@ def check_blocks(pass_: str, D: int, block_q: int, block_k: int, dtype) -> None:
 
     >>> check_blocks("backward", 256, 8, 4, np.float64)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ValueError: block_q, block_k: the backward pass needs 50048 bytes of shared memory ...
+    ValueError: block_q, block_k: the backward pass needs 50176 bytes of shared memory ...
     """
     acc = accumulators(pass_, D, block_q, block_k)
     if acc > MAX_ACCUMULATORS:
@@ -331,8 +332,9 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, causal: bool = False,
     """Gradients of attention from the forward's out and lse, recomputing P tile by tile.
 
     With P = exp(S - lse) / psum recomputed, psum_i = sum_j exp(S_ij - lse_i) and
-    Drow_i = sum_d dO_id O_id (a kernel over the rows first; psum cancels the rounding of the
-    saved lse):
+    Drow_i = sum_j P_ij dP_ij (a kernel over the rows first; psum cancels the rounding of the
+    saved lse, and Drow summed from the same dP as the gradients makes dP - Drow exactly 0 where
+    a row sees a single key):
 
         dV = P^T dO,   dP = dO V^T,   dS = P * (dP - Drow),   dQ = scale dS K,   dK = scale dS^T Q
 
@@ -369,7 +371,7 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, causal: bool = False,
     sizes = (i32(H), i32(Hkv), i32(Tq), i32(Tk), real(scale), i32(bool(causal)))
     rows_kernel, dkdv_kernel, dq_kernel = BACKWARD_KERNELS
     runtime.launch(program, rows_kernel, grid=(_blocks(Tq, block_q), H, B), block=(NUM_THREADS,),
-                   args=(d_q, d_k, d_out, d_dout, d_lse, d_drow, d_psum) + sizes)
+                   args=(d_q, d_k, d_v, d_dout, d_lse, d_drow, d_psum) + sizes)
     runtime.launch(program, dkdv_kernel, grid=(_blocks(Tk, block_k), Hkv, B),
                    block=(NUM_THREADS,),
                    args=(d_q, d_k, d_v, d_dout, d_lse, d_drow, d_psum, d_dk, d_dv) + sizes)

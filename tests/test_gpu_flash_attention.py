@@ -278,7 +278,7 @@ def test_every_tested_tiling_fits_cuda_static_shared_memory(pass_, dtype):
 
 
 def test_rejects_tiles_over_cuda_static_shared_memory_on_every_backend():
-    # 8 x 8 tiles at D = 256 in float64: 50112 bytes in the forward, 8 x 4 need 50048 in the
+    # 8 x 8 tiles at D = 256 in float64: 50112 bytes in the forward, 8 x 4 need 50176 in the
     # backward. PoCL's device would allow them (its local memory is far larger), CUDA would not:
     # rejected everywhere.
     q, k, v = qkv((1, 4, 97, 256), (1, 2, 97, 256))
@@ -287,7 +287,7 @@ def test_rejects_tiles_over_cuda_static_shared_memory_on_every_backend():
                                          r"most 49152 are allowed \(CUDA's static limit, checked "
                                          r"on every backend"):
         fa.flash_attention_forward(q, k, v, block_q=8, block_k=8)
-    with pytest.raises(ValueError, match=r"the backward pass needs 50048 bytes"):
+    with pytest.raises(ValueError, match=r"the backward pass needs 50176 bytes"):
         fa.flash_attention_backward(q, k, v, q, np.zeros((1, 4, 97)), q, block_q=8, block_k=4)
 
 

@@ -66,11 +66,10 @@ def test_flash_attention_kernels_compile_without_spills(arch, dtype):
             # sm_90, or the launch fails on the GPU with "too many resources requested".
             assert f["registers"] * fa.NUM_THREADS <= REGISTERS_PER_BLOCK, (name, f)
             assert f["spill_stores"] == 0 and f["spill_loads"] == 0, (name, f)
-        # The launcher's shared-memory budget is the kernel's declared shared memory.
-        biggest = {"forward": fa.FORWARD_VERSIONS[1], "backward": fa.BACKWARD_KERNELS[1]}[pass_]
-        assert figures[biggest]["smem_bytes"] == fa.shared_bytes(pass_, 128, block_q, block_k,
-                                                                 itemsize)
-        assert figures[biggest]["smem_bytes"] <= fa.CUDA_STATIC_SHARED
+        # The launcher's shared-memory budget is the pass's largest declared shared memory.
+        biggest = max(f["smem_bytes"] for f in figures.values())
+        assert biggest == fa.shared_bytes(pass_, 128, block_q, block_k, itemsize)
+        assert biggest <= fa.CUDA_STATIC_SHARED
 
 
 def _ptx(pass_: str, D: int, dtype) -> str:

@@ -42,12 +42,16 @@
  *     At the end O / l is written, and lse = m + log(l).
  *
  * flash_attention_backward_rows
- *     Two numbers per query row, one block per (query tile, head, batch):
- *       Drow_i = sum_d dO_id O_id, the term that the softmax backward subtracts,
- *         dS = P (dP - Drow), computed once instead of once per key tile. The rows are staged in
- *         shared memory and summed by dot_rows, which also gives dP_ij = dO_i . V_j, so that
- *         where O_i = V_j exactly (a row with a single visible key) dP - Drow is exactly 0 and so
- *         is that row's dS;
+ *     Two numbers per query row, one block per (query tile, head, batch), by the same walk
+ *     over key tiles as the forward:
+ *       Drow_i = sum_j P_ij dP_ij, P_ij = exp(S_ij - lse_i) / psum_i and dP_ij = dO_i . V_j,
+ *         the term that the softmax backward subtracts, dS = P (dP - Drow), computed once
+ *         instead of once per key tile. Mathematically it is dO_i . O_i (FlashAttention's
+ *         form), but that takes O's own rounding into dP - Drow, which cancels where a row sees
+ *         few keys: at Tq = 799, Tk = 3, D = 160, causal, float32, the dk of the last key (one
+ *         term) was 1.025 x FlashAttention's bar with dO . O and is 0.33 with this sum. Here
+ *         the dP are those of the gradient kernels (the same dot_rows), so where a row has a
+ *         single visible key (P = 1) Drow = dP exactly and dP - Drow, that row's dS, is 0;
  *       psum_i = sum_j exp(S_ij - lse_i), 1 up to rounding, by the same walk over key tiles as
  *         the forward. The other two kernels use P_ij = exp(S_ij - lse_i) / psum_i. The lse that
  *         the forward returns is rounded to the element type and carries the rounding of every
@@ -58,7 +62,7 @@
  *         (Tq = 29, Tk = 13, D = 64, tiles 12 x 5): dq error / FlashAttention's bar 1.52 with
  *         exp(S - lse), 0.76 with the forward's lse replaced by the float64 one rounded to
  *         float32, 0.63 with the division by psum. The price is one dot product per (query,
- *         key) pair more, about 1/7 of the backward's arithmetic.
+ *         key) pair more, and Drow's sum another, about 2/7 of the backward's arithmetic.
  *
  * flash_attention_backward_dkdv
  *     One block per (key tile, kv head, batch); dK and dV of the tile live in registers. The block
@@ -326,18 +330,22 @@ KERNEL void flash_attention_forward_v1(GLOBAL const real* q, GLOBAL const real* 
 #ifdef FLASH_BACKWARD
 
 KERNEL void flash_attention_backward_rows(GLOBAL const real* q, GLOBAL const real* k,
-                                          GLOBAL const real* out, GLOBAL const real* dout,
+                                          GLOBAL const real* v, GLOBAL const real* dout,
                                           GLOBAL const real* lse, GLOBAL real* drow,
                                           GLOBAL real* psum,
                                           int H, int Hkv, int Tq, int Tk, real scale, int causal)
 {
-    /* Per query row: Drow_i = sum_d dO_id O_id and psum_i = sum_j exp(S_ij - lse_i). */
-    SHARED real a_tile[BLOCK_Q * ROW_STRIDE];   /* O, then Q */
+    /* Per query row: psum_i = sum_j exp(S_ij - lse_i) and
+     * Drow_i = sum_j exp(S_ij - lse_i) dP_ij / psum_i, dP_ij = dO_i . V_j. */
+    SHARED real q_tile[BLOCK_Q * ROW_STRIDE];
     SHARED real do_tile[BLOCK_Q * ROW_STRIDE];
     SHARED real k_tile[BLOCK_K * ROW_STRIDE];
+    SHARED real v_tile[BLOCK_K * ROW_STRIDE];
     SHARED real p_tile[BLOCK_Q * BLOCK_K];      /* exp(S - lse) */
+    SHARED real pdp_tile[BLOCK_Q * BLOCK_K];    /* exp(S - lse) dP */
     SHARED real lse_tile[BLOCK_Q];
     SHARED kahan_t row_psum[BLOCK_Q];
+    SHARED kahan_t row_drow[BLOCK_Q];
 
     const int tid = THREAD_IDX_X;
     const int q0 = BLOCK_IDX_X * BLOCK_Q;
@@ -346,49 +354,58 @@ KERNEL void flash_attention_backward_rows(GLOBAL const real* q, GLOBAL const rea
     const int kvh = h / (H / Hkv);
     const int bh = b * H + h;
     GLOBAL const real* k_bh = k + (b * Hkv + kvh) * Tk * HEAD_DIM;
+    GLOBAL const real* v_bh = v + (b * Hkv + kvh) * Tk * HEAD_DIM;
 
-    /* Drow by dot_rows, the function that gives dP = dO . V: where O_i = V_j exactly (a row
-     * with a single visible key) dP - Drow is exactly 0 and so is that row's dS. */
-    load_rows(a_tile, out + bh * Tq * HEAD_DIM, q0, Tq, BLOCK_Q);
+    load_rows(q_tile, q + bh * Tq * HEAD_DIM, q0, Tq, BLOCK_Q);
     load_rows(do_tile, dout + bh * Tq * HEAD_DIM, q0, Tq, BLOCK_Q);
     load_row_values(lse_tile, lse + bh * Tq, q0, Tq, 0);
     for (int r = tid; r < BLOCK_Q; r += NUM_THREADS) {
         row_psum[r].sum = 0;
         row_psum[r].comp = 0;
+        row_drow[r].sum = 0;
+        row_drow[r].comp = 0;
     }
-    BARRIER();
-    for (int r = tid; r < BLOCK_Q; r += NUM_THREADS)
-        if (q0 + r < Tq)
-            drow[bh * Tq + q0 + r] = dot_rows(do_tile + r * ROW_STRIDE, a_tile + r * ROW_STRIDE);
-    BARRIER();  /* a_tile's O is consumed */
-    load_rows(a_tile, q + bh * Tq * HEAD_DIM, q0, Tq, BLOCK_Q);
 
     const int k_end = key_end(q0, Tq, Tk, causal);
     for (int k0 = 0; k0 < k_end; k0 += BLOCK_K) {
-        BARRIER();  /* the previous tile's P and K are consumed; a_tile holds Q */
+        BARRIER();  /* the previous tile's P, P dP, K and V are consumed */
         load_rows(k_tile, k_bh, k0, Tk, BLOCK_K);
+        load_rows(v_tile, v_bh, k0, Tk, BLOCK_K);
         BARRIER();
         for (int e = tid; e < BLOCK_Q * BLOCK_K; e += NUM_THREADS) {
             int r = e / BLOCK_K;
             int c = e % BLOCK_K;
-            p_tile[e] = visible(q0 + r, k0 + c, Tq, Tk, causal)
-                            ? exp(scale * dot_rows(a_tile + r * ROW_STRIDE,
-                                                   k_tile + c * ROW_STRIDE) - lse_tile[r])
-                            : (real)0;
+            real p = 0;
+            real pdp = 0;
+            if (visible(q0 + r, k0 + c, Tq, Tk, causal)) {
+                p = exp(scale * dot_rows(q_tile + r * ROW_STRIDE, k_tile + c * ROW_STRIDE)
+                        - lse_tile[r]);
+                pdp = p * dot_rows(do_tile + r * ROW_STRIDE, v_tile + c * ROW_STRIDE);
+            }
+            p_tile[e] = p;
+            pdp_tile[e] = pdp;
         }
         BARRIER();
-        /* psum += the tile's row sum, from zero, compensated */
+        /* psum and the numerator of Drow += the tile's row sums, from zero, compensated */
         for (int r = tid; r < BLOCK_Q; r += NUM_THREADS) {
             real part = 0;
-            for (int c = 0; c < BLOCK_K; ++c)
+            real part_dp = 0;
+            for (int c = 0; c < BLOCK_K; ++c) {
                 part += p_tile[r * BLOCK_K + c];
+                part_dp += pdp_tile[r * BLOCK_K + c];
+            }
             row_psum[r] = kahan_add(row_psum[r], part);
+            row_drow[r] = kahan_add(row_drow[r], part_dp);
         }
     }
-    BARRIER();  /* row_psum final */
+    BARRIER();  /* row_psum and row_drow final */
     for (int r = tid; r < BLOCK_Q; r += NUM_THREADS)
-        if (q0 + r < Tq)
-            psum[bh * Tq + q0 + r] = row_psum[r].sum - row_psum[r].comp;
+        if (q0 + r < Tq) {
+            real total = row_psum[r].sum - row_psum[r].comp;
+            psum[bh * Tq + q0 + r] = total;
+            drow[bh * Tq + q0 + r] = total > 0 ? (row_drow[r].sum - row_drow[r].comp) / total
+                                               : (real)0;
+        }
 }
 
 KERNEL void flash_attention_backward_dkdv(GLOBAL const real* q, GLOBAL const real* k,
