@@ -108,7 +108,8 @@ def _sample() -> list[SamplePoint]:
     """A covering subset for CI: the pairs (1, 1), (239, 1), (799, 3), (113, 203) and
     (1023, 1024); every head dim at (113, 203), cycling through masks and head layouts; every
     mask x layout at (239, 1) and (799, 3); and the long pair in float32, MQA (G * Tq = 4092,
-    where a kernel's plain running sum of dK and dV fails the bar). NumPy runs every dtype (but
+    where a kernel's plain running sum of dK and dV fails the bar), and (799, 3) causal MHA at
+    D = 160, where a Drow of dO . O failed dk. NumPy runs every dtype (but
     float32 only at the long pair), the kernels float32, and float64 at two points (D = 256 and
     160), since every head dim is a program to compile."""
     layouts = [(c, m) for c in (False, True) for m in HEADS]             # 6 combinations
@@ -124,6 +125,8 @@ def _sample() -> list[SamplePoint]:
     points += [SamplePoint(Point(1, 1, 64, False, "mha")),
                SamplePoint(Point(1, 1, 256, True, "mqa"))]
     points += [SamplePoint(Point(1023, 1024, 59, False, "mqa"), ("float32",))]
+    # a row that sees 3 keys: a Drow taken as dO . O put O's rounding into dk here (1.025 x bar)
+    points += [SamplePoint(Point(799, 3, 160, True, "mha"), ("float32",))]
     return points
 
 
