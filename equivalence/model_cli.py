@@ -158,6 +158,8 @@ def stream_printer(tok):
 # ----------------------------------------------------------------------------- train
 
 def train_main(args) -> int:
+    from ref_numpy.malloc import keep_freed_memory
+    keep_freed_memory()          # each step reuses the memory the last one freed (no page faults)
     try:
         if args.threads is None:
             return _train(args)
@@ -248,6 +250,8 @@ def _train(args) -> int:
 
 def generate_main(args) -> int:
     from ref_numpy import generate, hf_checkpoint
+    from ref_numpy.malloc import keep_freed_memory
+    keep_freed_memory()
     try:
         directory = Path(args.model)
         params, config = hf_checkpoint.load_pretrained(directory, np.dtype(args.dtype))

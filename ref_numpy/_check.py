@@ -35,7 +35,8 @@ def check_float(name: str, x, *, ndim: int | tuple[int, ...] | None = None,
             want = " or ".join(str(n) for n in allowed)
             raise ValueError(f"{name}: expected {want} dimensions but got {x.ndim} "
                              f"(shape {x.shape})")
-    if not allow_nan and np.isnan(x).any():
+    # min propagates NaN (one vectorised pass, no boolean array); an empty array has none
+    if not allow_nan and x.size and np.isnan(x.min()):
         idx = tuple(int(i) for i in np.argwhere(np.isnan(x))[0])
         raise ValueError(f"{name}: contains NaN (first at index {idx})")
     return x

@@ -13,16 +13,20 @@ Evaluation in floating point (same functions, fewer cancellations):
 - Phi is scipy.special.ndtr, which uses erfc in the left tail: 0.5 (1 + erf(-6 / sqrt 2)) is
   1 - 1 = 0 in float32, while ndtr(-6) = 9.9e-10 to full relative precision.
 - the tanh form uses the identities 0.5 (1 + tanh u) = sigmoid(2u) and
-  1 - tanh(u)^2 = 4 sigmoid(2u) sigmoid(-2u), with sigmoid = scipy.special.expit (no overflow).
-  In float32, tanh(-9.7) rounds to -1 + 6e-8, so 1 - t^2 leaves only rounding noise (1.2e-7
-  instead of 1.5e-8) where sigmoid(-2u) keeps every digit.
+  1 - tanh(u)^2 = 4 sigmoid(2u) sigmoid(-2u). In float32, tanh(-9.7) rounds to -1 + 6e-8, so
+  1 - t^2 leaves only rounding noise (1.2e-7 instead of 1.5e-8) where sigmoid(-2u) keeps every
+  digit.
+- sigmoid(z) is 1 / (1 + exp(-z)) (:func:`sigmoid`) and sigmoid(-z) is 1 / (1 + exp(z)), each
+  a few ulps from the exact value in both tails (exp overflowing to inf gives 1 / inf = 0), in
+  four of NumPy's vectorised passes: scipy.special.expit gives the same digits 2.5x slower in
+  float32, where it was a quarter of a SwiGLU forward.
 
 Shapes: x (...) any shape; outputs and gradients have the shape of x.
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, ndtr
+from scipy.special import ndtr
 
 from ref_numpy._check import check_cache, check_float, check_same_dtype, check_shape
 
@@ -36,6 +40,27 @@ def _check_dout(dout, x):
     check_float("dout", dout)
     check_shape("dout", dout, x.shape)
     check_same_dtype(x=x, dout=dout)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """sigmoid(z) = 1 / (1 + exp(-z)), a new array of z's dtype.
+
+    Where z is very negative, exp(-z) overflows to inf and the result is 1 / inf = 0, the
+    correctly rounded value up to the subnormal range (z < -87 in float32); elsewhere every step
+    is rounded once, so the result is within a few ulps of the exact value in both tails.
+
+    >>> sigmoid(np.array([-30.0, 0.0, 30.0]))          # exp(-30) / (1 + exp(-30)) = 9.3576e-14
+    array([9.35762297e-14, 5.00000000e-01, 1.00000000e+00])
+    """
+    return _inv_one_plus_exp_(np.negative(z))
+
+
+def _inv_one_plus_exp_(w: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(w)) = sigmoid(-w), in place in ``w`` (which it returns)."""
+    with np.errstate(over="ignore"):
+        np.exp(w, out=w)
+    w += 1
+    return np.reciprocal(w, out=w)
 
 
 def gelu_forward(x: np.ndarray, approximate: str = "none") -> tuple[np.ndarray, dict]:
@@ -58,9 +83,9 @@ def gelu_forward(x: np.ndarray, approximate: str = "none") -> tuple[np.ndarray, 
     if approximate == "none":
         y = x * ndtr(x)
     else:
-        # 0.5 (1 + tanh(u)) = sigmoid(2u)
-        u = _SQRT_2_OVER_PI * (x + _KAPPA * x * x * x)
-        y = x * expit(2.0 * u)
+        # 0.5 (1 + tanh(u)) = sigmoid(2u),  2u = x (2 sqrt(2/pi) + 2 sqrt(2/pi) 0.044715 x^2)
+        y = sigmoid(_two_u(x, x * x))
+        y *= x
     return y, {"op": "gelu_forward", "x": x, "approximate": approximate}
 
 
@@ -88,11 +113,29 @@ def gelu_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
     if cache["approximate"] == "none":
         dydx = ndtr(x) + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)
     else:
-        u = _SQRT_2_OVER_PI * (x + _KAPPA * x * x * x)
-        dudx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _KAPPA * x * x)
-        s = expit(2.0 * u)
-        dydx = s + 2.0 * x * s * expit(-2.0 * u) * dudx
-    return dout * dydx
+        x2 = x * x
+        z = _two_u(x, x2)                             # 2u
+        s = sigmoid(z)                                # sigmoid(2u)
+        s_sn = _inv_one_plus_exp_(z)                  # sigmoid(-2u), in z's place
+        s_sn *= s
+        # 2 du/dx = 2 sqrt(2/pi) (1 + 3 0.044715 x^2)
+        two_dudx = x2
+        two_dudx *= 6.0 * _SQRT_2_OVER_PI * _KAPPA
+        two_dudx += 2.0 * _SQRT_2_OVER_PI
+        two_dudx *= x
+        two_dudx *= s_sn
+        dydx = s
+        dydx += two_dudx                              # s + 2 x s sigmoid(-2u) du/dx
+    dydx *= dout
+    return dydx
+
+
+def _two_u(x: np.ndarray, x2: np.ndarray) -> np.ndarray:
+    """2u = x (2 sqrt(2/pi) + 2 sqrt(2/pi) 0.044715 x^2), a new array (x2 = x * x)."""
+    z = x2 * (2.0 * _SQRT_2_OVER_PI * _KAPPA)
+    z += 2.0 * _SQRT_2_OVER_PI
+    z *= x
+    return z
 
 
 def silu_forward(x: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -105,7 +148,7 @@ def silu_forward(x: np.ndarray) -> tuple[np.ndarray, dict]:
         cache: {"op": "silu_forward", "x": x, "sig": sigmoid(x)}.
     """
     check_float("x", x)
-    sig = expit(x)
+    sig = sigmoid(x)
     return x * sig, {"op": "silu_forward", "x": x, "sig": sig}
 
 

@@ -377,35 +377,50 @@ def _masked_softmax_(s: np.ndarray, blocked: np.ndarray | None) -> np.ndarray:
         return (m + np.log(l))[..., 0]                                 # (..., Tq)
 
 
-def _part(a: np.ndarray | None, b: int, heads: slice) -> np.ndarray | None:
-    """The (G|1, Tq, Tk) part of a (B|1, H|1, Tq, Tk) mask, bias or keep-mask that serves batch
-    row b and the query heads ``heads``; a size-1 axis serves every row or head."""
+def _part(a: np.ndarray | None, rows: slice, heads: slice) -> np.ndarray | None:
+    """The (nb|1, nh|1, Tq, Tk) part of a (B|1, H|1, Tq, Tk) mask, bias or keep-mask that serves
+    batch ``rows`` and query ``heads``; a size-1 axis serves every row or head."""
     if a is None:
         return None
-    return a[b if a.shape[0] > 1 else 0, heads if a.shape[1] > 1 else slice(0, 1)]
+    return a[rows if a.shape[0] > 1 else slice(None), heads if a.shape[1] > 1 else slice(None)]
 
 
-def _groups(spec: _Spec):
-    """(b, n, heads): every batch row b and key/value head n, with the query heads n·G … n·G + G − 1
-    that read it."""
+SLAB_BYTES = 1 << 20    # scores of one matmul's slab at most: about one core's L2 cache
+
+
+def _slabs(spec: _Spec, itemsize: int):
+    """(rows, heads, kv): slices of batch rows, of the query heads and of the key/value heads
+    that they read, one slab per matmul. Whole batch rows, every head, while their (H, Tq, Tk)
+    scores take at most SLAB_BYTES together; else one (batch row, kv head) group at a time,
+    its G query heads n·G … n·G + G − 1 and kv head n."""
+    row_bytes = max(spec.H * spec.Tq * spec.Tk * itemsize, 1)        # Tq = 0: one empty slab
+    if row_bytes <= SLAB_BYTES:
+        n = SLAB_BYTES // row_bytes
+        for b0 in range(0, spec.B, n):
+            yield slice(b0, min(b0 + n, spec.B)), slice(0, spec.H), slice(0, spec.Hkv)
+        return
     for b, n in np.ndindex(spec.B, spec.Hkv):
-        yield b, n, slice(n * spec.G, (n + 1) * spec.G)
+        yield slice(b, b + 1), slice(n * spec.G, (n + 1) * spec.G), slice(n, n + 1)
 
 
 def attention_forward(q, k, v, *, causal=False, scale=None, mask=None, bias=None, key_mask=None,
                       window=None, dropout_p=0.0, dropout_mask=None, seed=None):
-    """Scaled dot-product attention with matmul, one (batch row, kv head) group at a time.
+    """Scaled dot-product attention with matmul, one slab of batch rows or heads at a time.
 
         S = scale · Q Kᵀ + bias + mask (blocked entries −inf),  P = softmax_rows(S),
         A = P ⊙ keep / (1 − p) (A = P without dropout),  O = A V
 
     The G query heads that share a key/value head are stacked into one (G·Tq, D) matrix, so one
-    matmul serves the whole group and K, V are never repeated. The loop runs over the B·Hkv
-    groups: the (G·Tq, Tk) scores of one group stay in the CPU's cache through the softmax's
-    passes (max, subtract, exp, sum, scale), which a single (B, H, Tq, Tk) array four times over
-    the cache's size would not (1.3x faster at (4, 8, 512, 64) float32, ``crosscheck bench
-    attention``). The scale is applied to Q (Tq·D products, not Tq·Tk), and the softmax works in
-    place in the probability array that the backward reads.
+    matmul serves the whole group and K, V are never repeated. The loop runs over slabs whose
+    scores take at most SLAB_BYTES (1 MiB, about a core's L2 cache), so that they stay in the
+    cache through the softmax's passes (max, subtract, exp, sum, scale), which a single
+    (B, H, Tq, Tk) array four times over the cache's size would not (1.3x faster at
+    (4, 8, 512, 64) float32, ``crosscheck bench attention``): several whole batch rows per slab
+    where their scores are that small, else one (batch row, kv head) group per slab. Small
+    problems thus take a few batched matmuls rather than B·Hkv small ones (one decoded token:
+    one slab where a loop over groups would call each of the ~15 NumPy functions B·Hkv times).
+    The scale is applied to Q (Tq·D products, not Tq·Tk), and the softmax works in place in the
+    probability array that the backward reads.
 
     Args:
         q: (B, H, Tq, D) float32/float64 queries.
@@ -438,17 +453,19 @@ def attention_forward(q, k, v, *, causal=False, scale=None, mask=None, bias=None
     p = np.empty((B, H, Tq, Tk), dtype=q.dtype)                        # (B, H, Tq, Tk)
     out = np.empty((B, H, Tq, D), dtype=q.dtype)                       # (B, H, Tq, D)
     lse = np.empty((B, H, Tq), dtype=q.dtype)                          # (B, H, Tq)
-    for b, n, heads in _groups(spec):
-        s = p[b, heads]                                                # (G, Tq, Tk), a view
-        # S = (scale · Q) Kᵀ for the G heads of the group as one (G·Tq, D) x (D, Tk) matmul
-        np.matmul(qs[b, heads].reshape(G * Tq, D), k[b, n].T, out=s.reshape(G * Tq, Tk))
+    for rows, heads, kv in _slabs(spec, p.itemsize):
+        s = p[rows, heads]                                             # (nb, nh, Tq, Tk), a view
+        stacked = (s.shape[0], kv.stop - kv.start, G * Tq)            # (nb, nkv, G·Tq)
+        # S = (scale · Q) Kᵀ, the G heads of each kv head stacked as (G·Tq, D) x (D, Tk)
+        np.matmul(qs[rows, heads].reshape(*stacked, D), k[rows, kv].swapaxes(-1, -2),
+                  out=s.reshape(*stacked, Tk))
         if spec.add is not None:  # + bias + float mask
-            s += _part(spec.add, b, heads)
-        lse[b, heads] = _masked_softmax_(s, _part(blocked, b, heads))  # s is now P
+            s += _part(spec.add, rows, heads)
+        lse[rows, heads] = _masked_softmax_(s, _part(blocked, rows, heads))  # s is now P
         # A = P ⊙ keep / (1 − p)
-        a = s if spec.keep is None else s * spec.keep[b, heads] * dt(spec.drop_scale)
+        a = s if spec.keep is None else s * spec.keep[rows, heads] * dt(spec.drop_scale)
         # O = A V
-        np.matmul(a.reshape(G * Tq, Tk), v[b, n], out=out[b, heads].reshape(G * Tq, D))
+        np.matmul(a.reshape(*stacked, Tk), v[rows, kv], out=out[rows, heads].reshape(*stacked, D))
     cache = {"op": "attention_forward", "q": q, "k": k, "v": v, "out": out, "p": p, "lse": lse,
              "keep": spec.keep, "spec": spec}
     return out, cache
@@ -485,8 +502,9 @@ def attention_backward(dout, cache):
     GQA: key/value head n serves query heads h = n·G … n·G + G − 1, so its dK and dV are the sum
     over those G heads; stacking the group into rows of one matmul performs that sum.
     Blocked entries have P = 0, hence dS = 0; a fully masked row (P = 0) passes zero gradient.
-    Like the forward, the backward works one (batch row, kv head) group at a time, with one
-    (G, Tq, Tk) buffer that holds dP and then dS for every group in turn.
+    Like the forward, the backward works one slab at a time (whole batch rows, or one
+    (batch row, kv head) group), with one buffer of the largest slab's size that holds dP and then
+    dS for every slab in turn.
 
     Args:
         dout: (B, H, Tq, D), the gradient of the loss w.r.t. ``out``.
@@ -506,44 +524,48 @@ def attention_backward(dout, cache):
     dk = np.empty(k.shape, dtype=k.dtype)                              # (B, Hkv, Tk, D)
     dv = np.empty(v.shape, dtype=v.dtype)                              # (B, Hkv, Tk, D)
     dbias = None if spec.bias_shape is None else np.zeros(spec.bias_shape, dtype=p.dtype)
-    ds = np.empty((G, Tq, Tk), dtype=p.dtype)      # dP, then dS, of one group at a time
-    for b, n, heads in _groups(spec):
-        pg = p[b, heads]                                               # (G, Tq, Tk)
-        dog = dout[b, heads].reshape(G * Tq, D)                        # (G·Tq, D)
-        a = pg if spec.keep is None else pg * spec.keep[b, heads] * dt(spec.drop_scale)
-        # dV = Aᵀ dO  (the stacked rows sum over the G query heads of the kv head)
-        np.matmul(a.reshape(G * Tq, Tk).T, dog, out=dv[b, n])          # (Tk, D)
+    slabs = list(_slabs(spec, p.itemsize))
+    rows0, heads0, _ = slabs[0] if slabs else (slice(0), slice(0), None)   # the largest slab
+    buf = np.empty((rows0.stop - rows0.start, heads0.stop - heads0.start, Tq, Tk), dtype=p.dtype)
+    for rows, heads, kv in slabs:
+        pg = p[rows, heads]                                            # (nb, nh, Tq, Tk)
+        ds = buf[: pg.shape[0]]                       # dP, then dS, of one slab at a time
+        stacked = (pg.shape[0], kv.stop - kv.start, G * Tq)           # (nb, nkv, G·Tq)
+        dog = dout[rows, heads].reshape(*stacked, D)                   # (nb, nkv, G·Tq, D)
+        a = pg if spec.keep is None else pg * spec.keep[rows, heads] * dt(spec.drop_scale)
+        # dV = Aᵀ dO  (the stacked rows sum over the G query heads of each kv head)
+        np.matmul(a.reshape(*stacked, Tk).swapaxes(-1, -2), dog, out=dv[rows, kv])
         # dA = dO Vᵀ;  dP = dA ⊙ keep / (1 − p)
-        np.matmul(dog, v[b, n].T, out=ds.reshape(G * Tq, Tk))          # (G·Tq, Tk)
+        np.matmul(dog, v[rows, kv].swapaxes(-1, -2), out=ds.reshape(*stacked, Tk))
         if spec.keep is not None:
-            ds *= spec.keep[b, heads]
+            ds *= spec.keep[rows, heads]
             ds *= dt(spec.drop_scale)
         # dS = P ⊙ (dP − δ),  δ_i = rowsum(dP ⊙ P)_i
         ds -= np.vecdot(ds, pg)[..., None]
         ds *= pg
         if dbias is not None:
-            _add_bias_grad(dbias, ds, b, heads)
-        dsg = ds.reshape(G * Tq, Tk)                                   # (G·Tq, Tk)
+            _add_bias_grad(dbias, ds, rows, heads)
+        dsg = ds.reshape(*stacked, Tk)                                 # (nb, nkv, G·Tq, Tk)
         # dQ = scale · dS K
-        np.matmul(dsg, k[b, n], out=dq[b, heads].reshape(G * Tq, D))   # (G·Tq, D)
-        # dK = scale · dSᵀ Q  (summed over the group)
-        np.matmul(dsg.T, q[b, heads].reshape(G * Tq, D), out=dk[b, n])  # (Tk, D)
+        np.matmul(dsg, k[rows, kv], out=dq[rows, heads].reshape(*stacked, D))
+        # dK = scale · dSᵀ Q  (summed over the G heads of each kv head)
+        np.matmul(dsg.swapaxes(-1, -2), q[rows, heads].reshape(*stacked, D), out=dk[rows, kv])
     dq *= dt(spec.scale)
     dk *= dt(spec.scale)
     return dq, dk, dv, dbias
 
 
-def _add_bias_grad(dbias: np.ndarray, ds: np.ndarray, b: int, heads: slice) -> None:
-    """Add one group's dS (G, Tq, Tk) to d(bias), summed over the axes the bias broadcasts
+def _add_bias_grad(dbias: np.ndarray, ds: np.ndarray, rows: slice, heads: slice) -> None:
+    """Add one slab's dS (nb, nh, Tq, Tk) to d(bias), summed over the axes the bias broadcasts
     along: a (Tq, Tk) bias over batch rows and heads, a size-1 axis of a 4-D one over its axis."""
     if dbias.ndim == 2:
-        dbias += ds.sum(axis=0)                                        # (Tq, Tk)
+        dbias += ds.sum(axis=(0, 1))                                   # (Tq, Tk)
         return
-    row = b if dbias.shape[0] > 1 else 0
-    if dbias.shape[1] > 1:
-        dbias[row, heads] += ds                                        # (G, Tq, Tk)
-    else:
-        dbias[row, 0] += ds.sum(axis=0)                                # (Tq, Tk)
+    if dbias.shape[0] == 1:
+        ds, rows = ds.sum(axis=0, keepdims=True), slice(None)          # (1, nh, Tq, Tk)
+    if dbias.shape[1] == 1:
+        ds, heads = ds.sum(axis=1, keepdims=True), slice(None)         # (nb|1, 1, Tq, Tk)
+    dbias[rows, heads] += ds
 
 
 # ----------------------------------------------------------------------------------------------

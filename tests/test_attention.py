@@ -175,6 +175,8 @@ CONFIGS = {
     "bias_B1": dict(shape=(2, 2, 2, 7, 9, 8), bias=(2, 1, 7, 9)),
     "dropout": dict(shape=(1, 2, 2, 6, 6, 8), dropout_p=0.3, causal=True),
     "scale": dict(shape=(1, 2, 1, 5, 6, 8), scale=0.3),
+    "B3_H4_Hkv2_bias_B1": dict(shape=(3, 4, 2, 5, 7, 8), bias=(3, 1, 5, 7), causal=True,
+                               lengths=[7, 3, 5]),
 }
 
 
@@ -215,6 +217,22 @@ def test_implementations_agree_float64(impl, config):
         np.testing.assert_array_equal(np.isfinite(g), finite, err_msg=name)
         np.testing.assert_array_equal(g[~finite], r[~finite], err_msg=name)
         assert np.abs(g[finite] - r[finite]).max(initial=0) <= 1e-12, name
+
+
+@pytest.mark.parametrize("slab_rows", [0, 1, 2])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_slabs_of_batch_rows_and_single_groups_agree(monkeypatch, config, slab_rows):
+    # every config fits one slab by default; a smaller SLAB_BYTES makes slabs of 1 or 2 batch
+    # rows (B = 3: a short last slab), and 0 rows one (batch row, kv head) group per matmul
+    cfg = CONFIGS[config]
+    ref = _run_config("batched", cfg, np.float64)
+    B, H, Hkv, Tq, Tk, D = cfg["shape"]
+    monkeypatch.setattr(attention, "SLAB_BYTES", max(slab_rows * H * Tq * Tk * 8, 1))
+    got = _run_config("batched", cfg, np.float64)
+    for name, g, r in zip(["out", "lse", "p", "dq", "dk", "dv", "dbias"], got, ref):
+        finite = np.isfinite(r)
+        np.testing.assert_array_equal(np.isfinite(g), finite, err_msg=name)
+        assert np.abs(g[finite] - r[finite]).max(initial=0) <= 1e-13, name
 
 
 @pytest.mark.parametrize("impl", ["loop", "einsum"])

@@ -384,6 +384,41 @@ def test_gelu_and_silu_known_answers():
                                rtol=1e-15)
 
 
+def test_sigmoid_and_silu_keep_every_float32_digit_in_both_tails():
+    # exact values by math.exp in float64 at the float32 inputs
+    z = np.linspace(-80, 80, 641).astype(np.float32)
+    exact = np.array([1 / (1 + math.exp(-float(v))) for v in z])
+    assert _worst_ulps(activations.sigmoid(z), exact) <= 4
+    y, _ = activations.silu_forward(z)                 # z sigmoid(z): one more rounding
+    nonzero = z != 0
+    assert _worst_ulps(y[nonzero] / z[nonzero], exact[nonzero]) <= 6
+
+
+def test_gelu_tanh_float32_derivative_keeps_its_digits_in_the_right_tail():
+    # d/dx 0.5 x (1 + tanh u) = 0.5 (1 + tanh u) + 0.5 x u' / cosh(u)^2, in float64 by math,
+    # with 0.5 (1 + tanh u) as 1 / (1 + exp(-2u)) and 1 / cosh^2, neither of which cancels;
+    # 1 - sigmoid(2u) in place of sigmoid(-2u) is 30 ulps off here, 1 - tanh(u)^2 20 ulps.
+    # (For x < 0 the float32 rounding of u itself, |2u| x eps, bounds the relative accuracy;
+    # the left tail is the test below.)
+    x = np.linspace(0, 9, 361).astype(np.float32)
+    c = math.sqrt(2 / math.pi)
+    exact = []
+    for v in map(float, x):
+        u = c * (v + 0.044715 * v ** 3)
+        exact.append(1 / (1 + math.exp(-2 * u))
+                     + 0.5 * v * c * (1 + 3 * 0.044715 * v * v) / math.cosh(u) ** 2)
+    _, cache = activations.gelu_forward(x, approximate="tanh")
+    got = activations.gelu_backward(np.ones_like(x), cache)
+    assert _worst_ulps(got, np.array(exact)) <= 6
+
+
+def _worst_ulps(got, ref) -> float:
+    """max |got - ref| / |ref| of a float32 result, in units of 2**-24 (half float32's eps)."""
+    assert got.dtype == np.float32
+    ulp = float(np.finfo(np.float32).eps) / 2
+    return float(np.max(np.abs(got.astype(np.float64) - ref) / np.abs(ref))) / ulp
+
+
 def test_gelu_tanh_float32_far_left_tail_keeps_its_sign():
     # at x = -5.3 the exact derivative is -1.6e-7; 1 - tanh(u)^2 in float32 would give -1.2e-6
     x = np.array([-5.3], np.float32)
