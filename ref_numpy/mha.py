@@ -49,6 +49,7 @@ import numpy as np
 from ref_numpy import attention
 from ref_numpy import rope as rope_mod
 from ref_numpy._check import check_cache, check_float, check_same_dtype, check_shape
+from ref_numpy.linear import rows_matmul
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def project_qkv(x, w_qkv, b_qkv, n_head: int, n_kv_head: int):
     """
     H, Hkv, D = check_qkv_args(x, w_qkv, b_qkv, n_head, n_kv_head)
     B, T, _ = x.shape
-    qkv = x @ w_qkv                                                    # (B, T, E)
+    qkv = rows_matmul(x, w_qkv)                                        # (B, T, E)
     if b_qkv is not None:
         qkv += b_qkv
     q = qkv[..., : H * D].reshape(B, T, H, D).transpose(0, 2, 1, 3)   # (B, H, T, D)
@@ -208,7 +209,7 @@ def mha_forward(x, w_qkv, b_qkv, w_o, b_o, *, n_head, n_kv_head=None, causal=Fal
     o, attn = attention.attention_forward(q, k, v, causal=causal, key_mask=key_mask, mask=mask,
                                           scale=scale)                 # (B, H, T, D)
     o = merge_heads(o)                                                 # (B, T, H·D)
-    y = o @ w_o                                                        # (B, T, C)
+    y = rows_matmul(o, w_o)                                            # (B, T, C)
     if b_o is not None:
         y += b_o
     cache = {"op": "mha_forward", "x": x, "w_qkv": w_qkv, "b_qkv": b_qkv, "w_o": w_o, "b_o": b_o,

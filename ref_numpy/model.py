@@ -352,7 +352,7 @@ def model_forward(params: dict, config: ModelConfig, ids: np.ndarray,
         bias = params[names[1]] if len(names) > 1 else None
         x, c_final = model_blocks.norm(x, params[names[0]], bias, config)
     head = params[head_name(config)]                                   # (V, C)
-    logits = x @ head.T                                                # (B, T, V)
+    logits = linear.rows_matmul(x, head.T)                             # (B, T, V)
     loss, c_ce = None, None
     if targets is not None:
         ce, c_ce = cross_entropy.cross_entropy_forward(

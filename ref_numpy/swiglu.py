@@ -15,6 +15,7 @@ import numpy as np
 
 from ref_numpy import activations
 from ref_numpy._check import check_cache, check_float, check_same_dtype, check_shape
+from ref_numpy.linear import rows_matmul
 
 
 def swiglu_forward(x: np.ndarray, w1: np.ndarray, w3: np.ndarray, w2: np.ndarray,
@@ -42,11 +43,11 @@ def swiglu_forward(x: np.ndarray, w1: np.ndarray, w3: np.ndarray, w2: np.ndarray
     check_shape("w3", w3, (c, f), "(C, F)")
     check_shape("w2", w2, (f, c), "(F, C)")
     check_same_dtype(x=x, w1=w1, w3=w3, w2=w2)
-    a = x @ w1                                                        # (..., F)
-    b = x @ w3                                                        # (..., F)
+    a = rows_matmul(x, w1)                                            # (..., F)
+    b = rows_matmul(x, w3)                                            # (..., F)
     s, silu_cache = activations.silu_forward(a)                      # (..., F)
     h = s * b                                                         # (..., F)
-    out = h @ w2                                                      # (..., C)
+    out = rows_matmul(h, w2)                                          # (..., C)
     cache = {"op": "swiglu_forward", "x": x, "w1": w1, "w3": w3, "w2": w2, "b": b, "s": s,
              "h": h, "silu": silu_cache}
     return out, cache
@@ -77,10 +78,10 @@ def swiglu_backward(dout: np.ndarray, cache: dict,
     c, f = w1.shape
     x2 = x.reshape(-1, c)                                             # (M, C)
     dw2 = h.reshape(-1, f).T @ dout.reshape(-1, c)                    # (F, C)
-    dh = dout @ w2.T                                                  # (..., F)
+    dh = rows_matmul(dout, w2.T)                                      # (..., F)
     db = dh * s                                                       # (..., F)
     da = activations.silu_backward(dh * b, cache["silu"])            # (..., F)
     dw1 = x2.T @ da.reshape(-1, f)                                    # (C, F)
     dw3 = x2.T @ db.reshape(-1, f)                                    # (C, F)
-    dx = da @ w1.T + db @ w3.T                                        # (..., C)
+    dx = rows_matmul(da, w1.T) + rows_matmul(db, w3.T)                # (..., C)
     return dx, dw1, dw3, dw2
