@@ -48,6 +48,8 @@ def _check_inputs(x, weight, bias, eps) -> float:
 
 def _check_positive(name: str, denom: np.ndarray, what: str, eps: float, hint: str) -> None:
     """With eps = 0 a row whose mean square (variance) is 0 has no normalisation (0 / 0)."""
+    if denom.dtype.type(eps) > 0:   # denom = (a mean square or variance, >= 0) + eps >= eps
+        return
     if np.any(denom <= 0):
         idx = tuple(int(i) for i in np.argwhere(denom <= 0)[0][:-1])
         raise ValueError(f"{name}: row {idx} has {what} 0 and eps={eps}; expected eps > 0 "
