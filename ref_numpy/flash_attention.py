@@ -373,13 +373,15 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
         do_i = dog[:, :, :, r0:r1].astype(acc_dtype, copy=False)      # (B, Hkv, G, Br, D)
         k_j = k[:, :, None, c0:c1].astype(acc_dtype, copy=False)      # (B, Hkv, 1, Bc, D)
         v_j = v[:, :, None, c0:c1].astype(acc_dtype, copy=False)      # (B, Hkv, 1, Bc, D)
-        s = (q_i @ k_j.swapaxes(-1, -2)) * sc                         # (B, Hkv, G, Br, Bc)
+        p = q_i @ k_j.swapaxes(-1, -2)                                # (B, Hkv, G, Br, Bc)
+        p *= sc                                                       # S_ij, then in place:
         mask = _tile_mask(r0, r1, c0, c1, causal, offset)
         if mask is not None:
-            s = np.where(mask, s, -np.inf)
-        p = np.exp(s - lse_g[:, :, :, r0:r1, None])                   # (B, Hkv, G, Br, Bc)
+            np.copyto(p, -np.inf, where=~mask)
+        p -= lse_g[:, :, :, r0:r1, None]
+        np.exp(p, out=p)                                              # P_ij = exp(S_ij - L_i)
         if psum is not None:
-            p = p / psum[:, :, :, r0:r1, None]
+            p /= psum[:, :, :, r0:r1, None]
         dp = do_i @ v_j.swapaxes(-1, -2)                              # (B, Hkv, G, Br, Bc)
         return q_i, do_i, p, dp
 
@@ -407,16 +409,22 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
             r1 = min(r0 + block_q, Tq)
             Br = r1 - r0
             q_i, do_i, p, dp = p_and_dp(c0, c1, r0, r1, psum)
-            # dS_ij = P_ij ⊙ (dP_ij - delta_i)
-            ds = p * (dp - delta[:, :, :, r0:r1, None])               # (B, Hkv, G, Br, Bc)
+            # dS_ij = P_ij ⊙ (dP_ij - delta_i), in dP's place
+            ds = dp
+            ds -= delta[:, :, :, r0:r1, None]
+            ds *= p                                                   # (B, Hkv, G, Br, Bc)
             # dQ_i += s dS_ij K_j
-            dq[:, :, :, r0:r1] += (ds @ k_j[:, :, None]) * sc         # (B, Hkv, G, Br, D)
+            dq_i = ds @ k_j[:, :, None]                               # (B, Hkv, G, Br, D)
+            dq_i *= sc
+            dq[:, :, :, r0:r1] += dq_i
             # dV_j += P_ij^T dO_i and dK_j += s dS_ij^T Q_i, summed over the G heads of the group
             # by folding (G, Br) into one row axis of G*Br rows.
             p_rows = p.reshape(B, Hkv, G * Br, c1 - c0)               # (B, Hkv, G*Br, Bc)
             ds_rows = ds.reshape(B, Hkv, G * Br, c1 - c0)             # (B, Hkv, G*Br, Bc)
             dv_j += p_rows.swapaxes(-1, -2) @ do_i.reshape(B, Hkv, G * Br, D)   # (B, Hkv, Bc, D)
-            dk_j += (ds_rows.swapaxes(-1, -2) @ q_i.reshape(B, Hkv, G * Br, D)) * sc
+            dk_part = ds_rows.swapaxes(-1, -2) @ q_i.reshape(B, Hkv, G * Br, D)
+            dk_part *= sc
+            dk_j += dk_part
         dk[:, :, c0:c1] = dk_j
         dv[:, :, c0:c1] = dv_j
 
