@@ -118,14 +118,14 @@ def gelu_backward(dout: np.ndarray, cache: dict) -> np.ndarray:
         s = sigmoid(z)                                # sigmoid(2u)
         s_sn = _inv_one_plus_exp_(z)                  # sigmoid(-2u), in z's place
         s_sn *= s
-        # 2 du/dx = 2 sqrt(2/pi) (1 + 3 0.044715 x^2)
-        two_dudx = x2
-        two_dudx *= 6.0 * _SQRT_2_OVER_PI * _KAPPA
-        two_dudx += 2.0 * _SQRT_2_OVER_PI
-        two_dudx *= x
-        two_dudx *= s_sn
+        # dy/dx = s + 2 x s sigmoid(-2u) du/dx,  2 du/dx = 2 sqrt(2/pi) (1 + 3 0.044715 x^2)
+        term = x2                                     # in x2's place:
+        term *= 6.0 * _SQRT_2_OVER_PI * _KAPPA
+        term += 2.0 * _SQRT_2_OVER_PI                 # 2 du/dx
+        term *= x
+        term *= s_sn                                  # 2 x s sigmoid(-2u) du/dx
         dydx = s
-        dydx += two_dudx                              # s + 2 x s sigmoid(-2u) du/dx
+        dydx += term
     dydx *= dout
     return dydx
 

@@ -385,7 +385,7 @@ def _part(a: np.ndarray | None, rows: slice, heads: slice) -> np.ndarray | None:
     return a[rows if a.shape[0] > 1 else slice(None), heads if a.shape[1] > 1 else slice(None)]
 
 
-SLAB_BYTES = 1 << 20    # scores of one matmul's slab at most: about one core's L2 cache
+SLAB_BYTES = 1 << 20    # scores of a slab of whole batch rows at most: half a core's 2 MiB L2
 
 
 def _slabs(spec: _Spec, itemsize: int):
@@ -411,12 +411,12 @@ def attention_forward(q, k, v, *, causal=False, scale=None, mask=None, bias=None
         A = P ⊙ keep / (1 − p) (A = P without dropout),  O = A V
 
     The G query heads that share a key/value head are stacked into one (G·Tq, D) matrix, so one
-    matmul serves the whole group and K, V are never repeated. The loop runs over slabs whose
-    scores take at most SLAB_BYTES (1 MiB, about a core's L2 cache), so that they stay in the
-    cache through the softmax's passes (max, subtract, exp, sum, scale), which a single
+    matmul serves the whole group and K, V are never repeated. The loop runs over slabs: as
+    many whole batch rows as have scores within SLAB_BYTES (1 MiB) together, else one
+    (batch row, kv head) group per slab. Either way the scores of a slab stay in the CPU's cache
+    through the softmax's passes (max, subtract, exp, sum, scale), which a single
     (B, H, Tq, Tk) array four times over the cache's size would not (1.3x faster at
-    (4, 8, 512, 64) float32, ``crosscheck bench attention``): several whole batch rows per slab
-    where their scores are that small, else one (batch row, kv head) group per slab. Small
+    (4, 8, 512, 64) float32, ``crosscheck bench attention``). Small
     problems thus take a few batched matmuls rather than B·Hkv small ones (one decoded token:
     one slab where a loop over groups would call each of the ~15 NumPy functions B·Hkv times).
     The scale is applied to Q (Tq·D products, not Tq·Tk), and the softmax works in place in the
