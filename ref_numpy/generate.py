@@ -35,7 +35,7 @@ import numpy as np
 
 from ref_numpy import model as model_mod
 from ref_numpy import model_blocks
-from ref_numpy._check import check_nonneg_int, check_positive_int
+from ref_numpy._check import check_float, check_nonneg_int, check_positive_int, nan_scans_skipped
 from ref_numpy.kv_cache import KVCache
 from ref_numpy.linear import embedding_forward
 from ref_numpy.positional import learned_position_forward
@@ -132,10 +132,17 @@ def next_tokens(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator
 
 
 class Decoder:
-    """KV-cache decoding of one batch: ``step`` feeds new tokens and returns their logits."""
+    """KV-cache decoding of one batch: ``step`` feeds new tokens and returns their logits.
+
+    The parameters are checked once, NaN included, when the decoder is made; a step checks its
+    ids, runs the blocks without scanning every op's arguments for NaN again
+    (``_check.nan_scans_skipped``) and scans its logits instead. A step that fails (bad ids, a
+    full cache, NaN in the logits) leaves the decoder as it was."""
 
     def __init__(self, params: dict, config, batch: int, max_len: int):
         self.dtype = model_mod.check_params(params, config)
+        for name, a in params.items():
+            check_float(name, a)
         self.params, self.config = params, config
         self.max_len = check_positive_int("max_len", max_len)
         if config.family == "gpt2" and max_len > config.max_seq_len:
@@ -154,8 +161,7 @@ class Decoder:
     def step(self, ids: np.ndarray, real: np.ndarray | None = None) -> np.ndarray:
         """Logits (B, t, V) of t new tokens ids (B, t); ``real`` (B, t) bool marks padding
         (False); a padded row's positions count its real tokens only."""
-        config, params = self.config, self.params
-        model_mod.check_ids(ids, config)
+        model_mod.check_ids(ids, self.config)
         B, t = ids.shape
         if B != self.real.shape[0] or self.length + t > self.max_len:
             raise ValueError(f"ids: expected (B, t) = ({self.real.shape[0]}, t) with at most "
@@ -165,6 +171,25 @@ class Decoder:
         positions = np.maximum(positions, 0)                           # (B, t)
         self.real[:, self.length: self.length + t] = real
         key_mask = self.real[:, : self.length + t]
+        try:
+            with nan_scans_skipped():
+                logits = self._forward(ids, positions, key_mask)       # (B, t, V)
+            if np.isnan(logits.min()):
+                raise ValueError("logits: contain NaN (an activation overflowed, or a "
+                                 "parameter became NaN after the decoder was made); the "
+                                 "decoder is unchanged")
+        except Exception:
+            for kv in self.caches:                  # forget what this step appended
+                kv.length = min(kv.length, self.length)
+            self.real[:, self.length: self.length + t] = False
+            raise
+        self.length += t
+        self.next_position += real.sum(axis=1)
+        return logits
+
+    def _forward(self, ids, positions, key_mask):
+        """The blocks on the new tokens against the caches, which they append to; logits."""
+        config, params = self.config, self.params
         x, _ = embedding_forward(ids, params[model_mod.embed_name(config)])
         if config.family == "gpt2":
             p, _ = learned_position_forward(params["transformer.wpe.weight"], positions)
@@ -176,8 +201,6 @@ class Decoder:
         if names:
             x, _ = model_blocks.norm(x, params[names[0]],
                                      params[names[1]] if len(names) > 1 else None, config)
-        self.length += t
-        self.next_position += real.sum(axis=1)
         return x @ params[model_mod.head_name(config)].T               # (B, t, V)
 
 

@@ -51,6 +51,30 @@ def test_decoding_logits_equal_the_forward_logits(family):
     assert np.abs(np.concatenate(chunks, axis=1) - full.logits).max() <= 1e-10
 
 
+def test_decoder_scans_parameters_once_and_a_step_with_nan_logits_changes_nothing():
+    config = _config("llama")
+    params = _params(config, np.float32)
+    bad = dict(params, **{"model.norm.weight": params["model.norm.weight"].copy()})
+    bad["model.norm.weight"][3] = np.nan
+    with pytest.raises(ValueError, match=r"model\.norm\.weight: contains NaN"):
+        generate.Decoder(bad, config, batch=1, max_len=16)
+    ids = np.array([[1, 2, 3]])
+    want = generate.Decoder(params, config, 1, 16)
+    want.step(ids)
+    want_logits = want.step(np.array([[4]]))
+    dec = generate.Decoder(params, config, 1, 16)
+    dec.step(ids)
+    w = params["model.layers.1.mlp.down_proj.weight"]
+    saved = w[0, 0]
+    w[0, 0] = np.nan                           # the ops no longer scan it: the logits do
+    with pytest.raises(ValueError, match="logits: contain NaN.*the decoder is unchanged"):
+        dec.step(np.array([[4]]))
+    w[0, 0] = saved
+    assert dec.length == 3 and all(kv.length == 3 for kv in dec.caches)
+    assert not dec.real[:, 3:].any()
+    np.testing.assert_array_equal(dec.step(np.array([[4]])), want_logits)
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(family):
     config = _config(family)

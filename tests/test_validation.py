@@ -134,3 +134,18 @@ def test_project_qkv_splits_heads():
     x, w_qkv = np.ones((2, 3, 4)), np.ones((4, 12))          # H = 2, Hkv = 1, D = 3
     q, k, v = mha.project_qkv(x, w_qkv, None, 2, 1)
     assert (q.shape, k.shape, v.shape) == ((2, 2, 3, 3), (2, 1, 3, 3), (2, 1, 3, 3))
+
+
+def test_nan_scans_skipped_lasts_for_its_block_only():
+    from ref_numpy._check import check_float, nan_scans_skipped
+    nan = np.array([1.0, np.nan])
+    with pytest.raises(ValueError, match=r"x: contains NaN \(first at index \(1,\)\)"):
+        check_float("x", nan)
+    with pytest.raises(RuntimeError):
+        with nan_scans_skipped():
+            check_float("x", nan)                       # skipped here
+            with pytest.raises(TypeError, match="dtype"):
+                check_float("x", np.array([1, 2]))      # other checks still run
+            raise RuntimeError
+    with pytest.raises(ValueError, match="contains NaN"):
+        check_float("x", nan)                           # and back after an exception
