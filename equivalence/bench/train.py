@@ -16,10 +16,10 @@ one, torch sides in another, the same threads):
   ``checkpoint_every`` = 1 and 2: the peak traced memory (tracemalloc) and the time.
 
 The ratios are tokens/s of NumPy over tokens/s of torch (target >= 0.5 for both), from the
-medians of one invocation, on one thread and on two by default: NumPy runs its elementwise
-passes on one thread whatever the setting (only BLAS threads), so the one-thread rows compare the
-two implementations on equal resources and the two-thread rows add what torch's intra-op
-parallelism gives it. Every child first calls ``ref_numpy.malloc.keep_freed_memory`` (as
+medians of one invocation, on one thread by default like the other benches (``--threads 1 2``
+adds two): NumPy runs its elementwise passes on one thread whatever the setting (only BLAS
+threads), so one thread compares the two implementations on equal resources, and two add what
+torch's intra-op parallelism gives it. Every child first calls ``ref_numpy.malloc.keep_freed_memory`` (as
 ``crosscheck train`` and ``generate`` do): without it, glibc gives each NumPy step's freed
 activations back to the OS and the next step faults them in again (39,000 faults per tiny-llama
 step, 0.29 s instead of 0.22 s on one core); torch's step, which faults 1,800 times, is not
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--seed", type=int, default=0)
-    add_timing_arguments(parser, default_threads=[1, 2])
+    add_timing_arguments(parser, default_threads=[1])
 
 
 # ----------------------------------------------------------------------------- builders
