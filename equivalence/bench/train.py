@@ -24,8 +24,10 @@ torch's intra-op parallelism gives it.
 Every child first calls ``ref_numpy.malloc.keep_freed_memory`` (as ``crosscheck train`` and
 ``generate`` do): without it, glibc gives each NumPy step's freed activations back to the OS and
 the next step faults them in again (39,000 faults per tiny-llama step, 0.29 s instead of 0.22 s
-on one core); torch's step, which faults 1,800 times, is not changed by it. Quick smoke run: ``crosscheck bench train --shape 2,8 --d-model 16
---layers 1 --vocab 64 --prompt-len 4 --new-tokens 4 --min-time 0 --repeats 1 --warmup 0``.
+on one core); torch's step, which faults 1,800 times, is not changed by it.
+
+Quick smoke run: ``crosscheck bench train --shape 2,8 --d-model 16 --layers 1 --vocab 64
+--prompt-len 4 --new-tokens 4 --min-time 0 --repeats 1 --warmup 0``.
 """
 from __future__ import annotations
 
