@@ -9,6 +9,8 @@ ids (...) any shape of integers in [0, V); table (V, C). M = the number of rows 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ref_numpy._check import (check_cache, check_float, check_int, check_same_dtype,
@@ -26,7 +28,8 @@ def rows_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     >>> rows_matmul(np.ones((2, 3, 4)), np.ones((4, 5))).shape
     (2, 3, 5)
     """
-    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+    rows = math.prod(x.shape[:-1])                  # not -1: x may have no columns (K = 0)
+    return (x.reshape(rows, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
 
 def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
