@@ -69,6 +69,16 @@ that error (``flash_attention_backward``). FlashAttention (v1) saved m and l sep
 recomputed exp(S - m) / l; FlashAttention-2 saves L alone, and so does this module. The float32
 errors stay within FlashAttention-3's bar, 2x the naive float32 version's error plus a rounding
 term, on FlashAttention's own test matrix (``equivalence.fa_accuracy``).
+
+Running sums. Every sum over tiles (O and l over key tiles in the forward; psum, delta and dQ_i
+over key tiles, dK_j and dV_j over query tiles in the backward) adds each tile's matmul or row
+sum into its running sum with Kahan's compensated addition (``_add_compensated``), as the
+kernels do. A plain running sum gains a rounding per tile, so its float32 error grows with the
+number of tiles while the naive version's matmuls sum in BLAS blocks: at FlashAttention's
+point mqa/Tq4224_Tk4224_D224_causal (tiles 32 x 32, so dK_j and dV_j sum 132 query tiles of
+G * Br = 128 rows each) dv's error was 1.07x FlashAttention-3's bar (1.13e-5) and is 0.29x
+(3.1e-6) compensated. The extra work is a few elementwise passes over (Br, D) and (Bc, D)
+arrays per tile pair, next to the matmuls' Br * Bc * D.
 """
 from __future__ import annotations
 
@@ -161,6 +171,27 @@ def _tile_mask(r0: int, r1: int, c0: int, c1: int, causal: bool, offset: int):
     return cols <= rows + offset                                      # (Br, Bc)
 
 
+def _add_compensated(total: np.ndarray, comp: np.ndarray, term: np.ndarray) -> np.ndarray:
+    """Return total + term by Kahan's compensated summation: comp is updated in place, term is
+    used as scratch, and total is left as it was (the caller rebinds or stores the result).
+
+    The pair (total, comp) holds the value total - comp, comp being what the earlier additions
+    rounded away (start both at 0, and take total - comp at the end):
+
+        y = term - comp;   t = total + y;   comp = (t - total) - y;   total = t
+
+    A plain running sum of n terms, each rounded, gains an error of up to about n eps |total|;
+    the compensated one stays at about 2 eps |total| whatever n is (Higham 2002, "Accuracy and
+    Stability of Numerical Algorithms", sec. 4.3). The backward sums dK_j and dV_j over every
+    query tile that sees key tile j, and dQ_i over every key tile, so n grows with the length.
+    """
+    term -= comp                                                      # y
+    t = total + term                                                  # t
+    np.subtract(t, total, out=comp)
+    comp -= term                                                      # (t - total) - y
+    return t
+
+
 # ----------------------------------------------------------------------------------------------
 # forward
 
@@ -182,7 +213,7 @@ def flash_attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, caus
         m_new = max(m, rowmax(S_t))
         alpha = exp(m - m_new)                     # rescales everything summed against old m
         l     = alpha * l   + rowsum(exp(S_t - m_new))
-        acc   = alpha * acc + exp(S_t - m_new) V_t
+        acc   = alpha * acc + exp(S_t - m_new) V_t      # l and acc: compensated running sums
 
     After the last key tile, O = acc / l (one division per row, FlashAttention-2's change) and
     L = m + log l. While a row has seen only masked keys, m = -inf; the exponents are then taken
@@ -243,24 +274,35 @@ def flash_attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, caus
         m = np.full((B, Hkv, G, r1 - r0), -np.inf, dtype=acc_dtype)   # (B, Hkv, G, Br)
         l = np.zeros((B, Hkv, G, r1 - r0), dtype=acc_dtype)           # (B, Hkv, G, Br)
         acc = np.zeros((B, Hkv, G, r1 - r0, D), dtype=acc_dtype)      # (B, Hkv, G, Br, D)
+        l_comp, acc_comp = np.zeros_like(l), np.zeros_like(acc)       # Kahan compensations
         for c0 in _key_tiles(r0, r1, Tk, block_k, causal, offset):
             c1 = min(c0 + block_k, Tk)
             k_j = kg[:, :, :, c0:c1].astype(acc_dtype, copy=False)    # (B, Hkv, 1, Bc, D)
             v_j = vg[:, :, :, c0:c1].astype(acc_dtype, copy=False)    # (B, Hkv, 1, Bc, D)
             # S_ij = scale * q_i . k_j   (the K tile broadcasts over the G heads of its group)
-            s = (q_i @ k_j.swapaxes(-1, -2)) * acc_dtype.type(scale)  # (B, Hkv, G, Br, Bc)
+            s = q_i @ k_j.swapaxes(-1, -2)                            # (B, Hkv, G, Br, Bc)
+            s *= acc_dtype.type(scale)
             mask = _tile_mask(r0, r1, c0, c1, causal, offset)
             if mask is not None:
-                s = np.where(mask, s, -np.inf)
+                np.copyto(s, -np.inf, where=~mask)
             # m_new = max(m, rowmax S); exponents are taken against m_safe (0 where m_new = -inf)
             m_new = np.maximum(m, s.max(axis=-1))                     # (B, Hkv, G, Br)
             m_safe = np.where(m_new == -np.inf, 0, m_new).astype(acc_dtype, copy=False)
-            p = np.exp(s - m_safe[..., None])                         # (B, Hkv, G, Br, Bc)
+            s -= m_safe[..., None]
+            p = np.exp(s, out=s)                                      # (B, Hkv, G, Br, Bc)
             # alpha = exp(m_old - m_new) rescales what was summed against the old max
             alpha = np.exp(m - m_safe)                                # (B, Hkv, G, Br)
-            l = alpha * l + p.sum(axis=-1)
-            acc = alpha[..., None] * acc + p @ v_j                    # (B, Hkv, G, Br, D)
+            # l = alpha l + rowsum(P) and acc = alpha acc + P V_j, compensated; a sum and its
+            # compensation scale alike (alpha is exactly 1 while the row max stays put)
+            l *= alpha
+            l_comp *= alpha
+            acc *= alpha[..., None]
+            acc_comp *= alpha[..., None]
+            l = _add_compensated(l, l_comp, p.sum(axis=-1))
+            acc = _add_compensated(acc, acc_comp, p @ v_j)            # (B, Hkv, G, Br, D)
             m = m_new
+        l -= l_comp                                                   # the compensated sums
+        acc -= acc_comp
         # Normalise once: O = acc / l; rows that saw no key (l = 0) output 0 and L = -inf.
         seen = l > 0
         l_safe = np.where(seen, l, 1).astype(acc_dtype, copy=False)
@@ -327,10 +369,11 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
 
     The outer loop runs over key tiles j, so dK_j and dV_j are finished in one pass and written
     once; dQ_i is accumulated into the (Tq, D) output across the outer loop (on a GPU this is the
-    atomic add of FlashAttention-2). With GQA the G query heads that share kv head h // G each add
-    their term to dK and dV of that head. Masked scores have P = 0 and so pass no gradient; a fully
-    masked row has L = -inf, and P is taken as 0 for it (exp(S - L) with L replaced by +inf), so
-    its dQ is 0 and it adds nothing to dK, dV.
+    atomic add of FlashAttention-2). Each of these sums, and psum and delta, is compensated
+    ("Running sums" in the module docstring). With GQA the G query heads that share kv head
+    h // G each add their term to dK and dV of that head. Masked scores have P = 0 and so pass
+    no gradient; a fully masked row has L = -inf, and P is taken as 0 for it (exp(S - L) with L
+    replaced by +inf), so its dQ is 0 and it adds nothing to dK, dV.
 
     Args:
         dout: (B, H, Tq, D) upstream gradient dO, the dtype of ``out``.
@@ -388,14 +431,21 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
     # First pass: psum_i = rowsum(exp(S - L))_i and delta_i = rowsum(P ⊙ dP)_i / psum_i
     psum = np.zeros((B, Hkv, G, Tq), dtype=acc_dtype)                 # (B, Hkv, G, Tq)
     delta = np.zeros((B, Hkv, G, Tq), dtype=acc_dtype)                # (B, Hkv, G, Tq)
+    psum_comp, delta_comp = np.zeros_like(psum), np.zeros_like(delta)  # Kahan compensations
     for c0, c1, r0, r1 in tile_pairs():
         _, _, p, dp = p_and_dp(c0, c1, r0, r1)
-        psum[:, :, :, r0:r1] += p.sum(axis=-1)                        # (B, Hkv, G, Br)
-        delta[:, :, :, r0:r1] += np.vecdot(p, dp)                     # (B, Hkv, G, Br)
+        rows = slice(r0, r1)
+        psum[:, :, :, rows] = _add_compensated(psum[:, :, :, rows], psum_comp[:, :, :, rows],
+                                               p.sum(axis=-1))
+        delta[:, :, :, rows] = _add_compensated(delta[:, :, :, rows], delta_comp[:, :, :, rows],
+                                                np.vecdot(p, dp))
+    psum -= psum_comp                                                 # the compensated sums
+    delta -= delta_comp
     psum[psum == 0] = 1                                               # fully masked rows: P = 0
     delta /= psum
 
     dq = np.zeros((B, Hkv, G, Tq, D), dtype=acc_dtype)                # (B, Hkv, G, Tq, D)
+    dq_comp = np.zeros_like(dq)                                       # Kahan compensation
     dk = np.empty((B, Hkv, Tk, D), dtype=k.dtype)                     # (B, Hkv, Tk, D)
     dv = np.empty((B, Hkv, Tk, D), dtype=v.dtype)                     # (B, Hkv, Tk, D)
 
@@ -405,6 +455,8 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
         k_j = k[:, :, c0:c1].astype(acc_dtype, copy=False)            # (B, Hkv, Bc, D)
         dk_j = np.zeros((B, Hkv, c1 - c0, D), dtype=acc_dtype)        # (B, Hkv, Bc, D)
         dv_j = np.zeros((B, Hkv, c1 - c0, D), dtype=acc_dtype)        # (B, Hkv, Bc, D)
+        dk_comp = np.zeros_like(dk_j)                                 # Kahan compensations
+        dv_comp = np.zeros_like(dv_j)
         for r0 in _query_tiles(c0, Tq, block_q, causal, offset):
             r1 = min(r0 + block_q, Tq)
             Br = r1 - r0
@@ -413,20 +465,24 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
             ds = dp
             ds -= delta[:, :, :, r0:r1, None]
             ds *= p                                                   # (B, Hkv, G, Br, Bc)
-            # dQ_i += s dS_ij K_j
+            # dQ_i += dS_ij K_j (times s once, at the end)
             dq_i = ds @ k_j[:, :, None]                               # (B, Hkv, G, Br, D)
-            dq_i *= sc
-            dq[:, :, :, r0:r1] += dq_i
-            # dV_j += P_ij^T dO_i and dK_j += s dS_ij^T Q_i, summed over the G heads of the group
-            # by folding (G, Br) into one row axis of G*Br rows.
+            dq[:, :, :, r0:r1] = _add_compensated(dq[:, :, :, r0:r1], dq_comp[:, :, :, r0:r1],
+                                                  dq_i)
+            # dV_j += P_ij^T dO_i and dK_j += dS_ij^T Q_i (times s at the end), summed over the
+            # G heads of the group by folding (G, Br) into one row axis of G*Br rows.
             p_rows = p.reshape(B, Hkv, G * Br, c1 - c0)               # (B, Hkv, G*Br, Bc)
             ds_rows = ds.reshape(B, Hkv, G * Br, c1 - c0)             # (B, Hkv, G*Br, Bc)
-            dv_j += p_rows.swapaxes(-1, -2) @ do_i.reshape(B, Hkv, G * Br, D)   # (B, Hkv, Bc, D)
-            dk_part = ds_rows.swapaxes(-1, -2) @ q_i.reshape(B, Hkv, G * Br, D)
-            dk_part *= sc
-            dk_j += dk_part
+            dv_part = p_rows.swapaxes(-1, -2) @ do_i.reshape(B, Hkv, G * Br, D)  # (B, Hkv, Bc, D)
+            dv_j = _add_compensated(dv_j, dv_comp, dv_part)
+            dk_part = ds_rows.swapaxes(-1, -2) @ q_i.reshape(B, Hkv, G * Br, D)  # (B, Hkv, Bc, D)
+            dk_j = _add_compensated(dk_j, dk_comp, dk_part)
+        dk_j -= dk_comp
+        dk_j *= sc
         dk[:, :, c0:c1] = dk_j
-        dv[:, :, c0:c1] = dv_j
+        dv[:, :, c0:c1] = dv_j - dv_comp
 
+    dq -= dq_comp
+    dq *= sc
     dq = dq.reshape(B, H, Tq, D).astype(q.dtype, copy=False)          # (B, H, Tq, D)
     return dq, dk, dv
