@@ -78,7 +78,8 @@ number of tiles while the naive version's matmuls sum in BLAS blocks: at FlashAt
 point mqa/Tq4224_Tk4224_D224_causal (tiles 32 x 32, so dK_j and dV_j sum 132 query tiles of
 G * Br = 128 rows each) dv's error was 1.07x FlashAttention-3's bar (1.13e-5) and is 0.29x
 (3.1e-6) compensated. The extra work is a few elementwise passes over (Br, D) and (Bc, D)
-arrays per tile pair, next to the matmuls' Br * Bc * D.
+arrays per tile pair, next to the matmuls' Br * Bc * D: forward and backward at T = 2048,
+D = 64, one head, tiles 128 x 128, float32, take about 7 % longer.
 """
 from __future__ import annotations
 
@@ -182,8 +183,9 @@ def _add_compensated(total: np.ndarray, comp: np.ndarray, term: np.ndarray) -> n
 
     A plain running sum of n terms, each rounded, gains an error of up to about n eps |total|;
     the compensated one stays at about 2 eps |total| whatever n is (Higham 2002, "Accuracy and
-    Stability of Numerical Algorithms", sec. 4.3). The backward sums dK_j and dV_j over every
-    query tile that sees key tile j, and dQ_i over every key tile, so n grows with the length.
+    Stability of Numerical Algorithms", sec. 4.3). Each running sum here (O and l in the
+    forward; psum, delta, dQ, dK and dV in the backward) has one term per tile, so n grows with
+    the length.
     """
     term -= comp                                                      # y
     t = total + term                                                  # t
