@@ -56,9 +56,10 @@ are computed without a mask; only the tiles the staircase cuts through build a (
 Memory. Apart from its outputs, the forward holds per query tile the running max m and sum l
 (Br,), the accumulator (Br, D) and one (Br, Bc) tile of scores/probabilities; the backward holds
 L, psum = rowsum(exp(S - L)) and delta = rowsum(P ⊙ dP) (Tq,), the dQ accumulator (Tq, D), dK
-and dV of one key tile (Bc, D) and a few (Br, Bc) tiles (all per batch row and head). No array
-has Tq * Tk elements, so the extra memory is O(T) for fixed tile sizes (``crosscheck bench
-flash`` measures it).
+and dV of one key tile (Bc, D) and a few (Br, Bc) tiles (all per batch row and head), and every
+running sum its compensation of the same shape ("Running sums" below). No array has Tq * Tk
+elements, so the extra memory is O(T) for fixed tile sizes (``crosscheck bench flash``
+measures it).
 
 Precision. In float64 the result equals the naive attention to about 1e-15. In float32 it is
 about as accurate as the naive version, not bit-equal. The backward recomputes P = exp(S - L)
