@@ -55,11 +55,11 @@ are computed without a mask; only the tiles the staircase cuts through build a (
 
 Memory. Apart from its outputs, the forward holds per query tile the running max m and sum l
 (Br,), the accumulator (Br, D) and one (Br, Bc) tile of scores/probabilities; the backward holds
-L, psum = rowsum(exp(S - L)) and delta = rowsum(P ⊙ dP) (Tq,), the dQ accumulator (Tq, D), dK
-and dV of one key tile (Bc, D) and a few (Br, Bc) tiles (all per batch row and head), and every
-running sum its compensation of the same shape ("Running sums" below). No array has Tq * Tk
-elements, so the extra memory is O(T) for fixed tile sizes (``crosscheck bench flash``
-measures it).
+per query tile psum = rowsum(exp(S - L)) and delta = rowsum(P ⊙ dP) (Br,), the dQ accumulator
+(Br, D) and the P and dP tiles of the query tile's row of key tiles (two (Br, Tk) in all), and
+the dK and dV accumulators (Tk, D) (all per batch row and head); every running sum has its
+compensation of the same shape ("Running sums" below). No array has Tq * Tk elements, so the
+extra memory is O(T) for fixed tile sizes (``crosscheck bench flash`` measures it).
 
 Precision. In float64 the result equals the naive attention to about 1e-15. In float32 it is
 about as accurate as the naive version, not bit-equal. The backward recomputes P = exp(S - L)
@@ -143,18 +143,6 @@ def _key_tiles(r0: int, r1: int, Tk: int, block_k: int, causal: bool, offset: in
     """
     stop = min(Tk, max(0, r1 + offset)) if causal else Tk
     return range(0, stop, block_k)
-
-
-def _query_tiles(c0: int, Tq: int, block_q: int, causal: bool, offset: int) -> range:
-    """Start rows of the query tiles that see at least one key of the key tile starting at c0.
-
-    Key c0 is first seen by row i = c0 - offset; tiles ending before that row are skipped.
-
-    >>> list(_query_tiles(4, Tq=10, block_q=4, causal=True, offset=0))  # key 4 seen by rows >= 4
-    [4, 8]
-    """
-    first = min(Tq, max(0, c0 - offset)) if causal else 0
-    return range(first // block_q * block_q, Tq, block_q)
 
 
 def _tile_mask(r0: int, r1: int, c0: int, c1: int, causal: bool, offset: int):
@@ -340,43 +328,47 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
         S = s Q K^T             =>  dQ = s dS K,          dK = s dS^T Q
 
     Mathematically delta_i = sum_k P_ik (dO_i . V_k) = dO_i . O_i, the form FlashAttention uses.
-    Here delta is summed from the very P and dP tiles that the gradient pass uses, in a first
-    pass over the tiles, so that delta and dP are rounded alike: where a row has a single nonzero
+    Here delta is summed from the very P and dP tiles that the gradients use, in a first walk
+    over a query tile's key tiles, so that delta and dP are rounded alike: where a row has a single nonzero
     probability (one key per query, Tk = 1, or the first row of a causal tile), P = 1 and
     delta = dP exactly, so dP - delta, dS and that row's share of dQ and dK are exactly 0, as in
     ``ref_numpy.attention``. dO . O is a dot product that BLAS rounds differently from the matmul
     giving dP; in float32 their difference (up to ~1e-6) would be all of those gradients.
 
-    The same first pass sums psum_i = rowsum(exp(S - L))_i, which is 1 up to rounding, and the
-    gradient pass uses P = exp(S - L) / psum (delta accordingly divided by psum). The saved L
+    The same first walk sums psum_i = rowsum(exp(S - L))_i, which is 1 up to rounding, and the
+    gradients use P = exp(S - L) / psum (delta accordingly divided by psum). The saved L
     carries the rounding of the online softmax's rescales (l is multiplied by every
     alpha = exp(m_old - m_new)), a few ulps of |L| in float32, and exp(S - L) turns that into the
     same relative error in every P of the row, which dQ, dK and dV inherit; the division cancels
     it, as the naive softmax's division by its own sum does (flash/causal/(2, 2, 2, 17, 17, 8),
     tiles 3 x 16, float32: dq error 1.11 x FlashAttention's bar without it, 0.77 with it). A
-    single visible key gives psum = P, so P / psum is exactly 1. The first pass recomputes S, P
-    and dP: two matmuls per tile pair, on top of the five below.
+    single visible key gives psum = P, so P / psum is exactly 1.
 
     Every product above is a sum over tiles of products of tiles (Dao et al. 2022, Algorithm 4;
     Dao 2023, Algorithm 2). With i running over query tiles and j over key tiles:
 
         P_ij  = exp(s Q_i K_j^T - L_i)               recomputed: Q_i, K_j and L_i suffice
         dP_ij = dO_i V_j^T
-        psum_i = sum_j rowsum(P_ij)                  the first pass, with
+        psum_i = sum_j rowsum(P_ij)                  the first walk over j, with
         delta_i = sum_j rowsum(P_ij ⊙ dP_ij) / psum_i
-        P_ij <- P_ij / psum_i                        in the gradient pass
+        P_ij <- P_ij / psum_i                        the second walk over j
         dS_ij = P_ij ⊙ (dP_ij - delta_i)
         dV_j  = sum_i P_ij^T dO_i
         dK_j  = s sum_i dS_ij^T Q_i
         dQ_i  = s sum_j dS_ij K_j
 
-    The outer loop runs over key tiles j, so dK_j and dV_j are finished in one pass and written
-    once; dQ_i is accumulated into the (Tq, D) output across the outer loop (on a GPU this is the
-    atomic add of FlashAttention-2). Each of these sums, and psum and delta, is compensated
-    ("Running sums" in the module docstring). With GQA the G query heads that share kv head
-    h // G each add their term to dK and dV of that head. Masked scores have P = 0 and so pass
-    no gradient; a fully masked row has L = -inf, and P is taken as 0 for it (exp(S - L) with L
-    replaced by +inf), so its dQ is 0 and it adds nothing to dK, dV.
+    The outer loop runs over query tiles i. For each, the first walk over its key tiles keeps
+    every P_ij and dP_ij (two (Br, Tk) arrays per head: O(T) memory), and the second walk takes
+    the gradients from them, so S and dP are computed once per tile pair: five matmuls per tile
+    pair (S, dP, dQ, dV, dK), where recomputing S and dP in the second walk would take seven.
+    dQ_i is finished with its row of key tiles and written once; dK_j and dV_j are running sums
+    over the outer loop, kept in (Tk, D) arrays. The kernels split the same arithmetic into
+    three kernels (psum and delta; dK and dV; dQ), each giving one block one tile of its output,
+    and so recompute P and dP where this module keeps them. Each of these sums, and psum and
+    delta, is compensated ("Running sums" in the module docstring). With GQA the G query heads
+    that share kv head h // G each add their term to dK and dV of that head. Masked scores have
+    P = 0 and so pass no gradient; a fully masked row has L = -inf, and P is taken as 0 for it
+    (exp(S - L) with L replaced by +inf), so its dQ is 0 and it adds nothing to dK, dV.
 
     Args:
         dout: (B, H, Tq, D) upstream gradient dO, the dtype of ``out``.
@@ -405,18 +397,8 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
     lse_g = lse.reshape(B, Hkv, G, Tq)                                # (B, Hkv, G, Tq)
     lse_g = np.where(lse_g == -np.inf, np.inf, lse_g).astype(acc_dtype, copy=False)
 
-    def tile_pairs():
-        """Every (key tile, query tile) pair with a visible entry, key tiles outer."""
-        for c0 in range(0, Tk, block_k):
-            for r0 in _query_tiles(c0, Tq, block_q, causal, offset):
-                yield c0, min(c0 + block_k, Tk), r0, min(r0 + block_q, Tq)
-
-    def p_and_dp(c0, c1, r0, r1, psum=None):
-        """P_ij = exp(s Q_i K_j^T - L_i) (masked entries -inf -> P = 0), divided by psum_i when
-        given, and dP_ij = dO_i V_j^T, computed the same way by both passes, so that they round
-        alike."""
-        q_i = qg[:, :, :, r0:r1].astype(acc_dtype, copy=False)        # (B, Hkv, G, Br, D)
-        do_i = dog[:, :, :, r0:r1].astype(acc_dtype, copy=False)      # (B, Hkv, G, Br, D)
+    def p_and_dp(q_i, do_i, r0, r1, c0, c1):
+        """P_ij = exp(s Q_i K_j^T - L_i) (masked entries -inf -> P = 0) and dP_ij = dO_i V_j^T."""
         k_j = k[:, :, None, c0:c1].astype(acc_dtype, copy=False)      # (B, Hkv, 1, Bc, D)
         v_j = v[:, :, None, c0:c1].astype(acc_dtype, copy=False)      # (B, Hkv, 1, Bc, D)
         p = q_i @ k_j.swapaxes(-1, -2)                                # (B, Hkv, G, Br, Bc)
@@ -426,66 +408,67 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
             np.copyto(p, -np.inf, where=~mask)
         p -= lse_g[:, :, :, r0:r1, None]
         np.exp(p, out=p)                                              # P_ij = exp(S_ij - L_i)
-        if psum is not None:
-            p /= psum[:, :, :, r0:r1, None]
         dp = do_i @ v_j.swapaxes(-1, -2)                              # (B, Hkv, G, Br, Bc)
-        return q_i, do_i, p, dp
+        return p, dp
 
-    # First pass: psum_i = rowsum(exp(S - L))_i and delta_i = rowsum(P ⊙ dP)_i / psum_i
-    psum = np.zeros((B, Hkv, G, Tq), dtype=acc_dtype)                 # (B, Hkv, G, Tq)
-    delta = np.zeros((B, Hkv, G, Tq), dtype=acc_dtype)                # (B, Hkv, G, Tq)
-    psum_comp, delta_comp = np.zeros_like(psum), np.zeros_like(delta)  # Kahan compensations
-    for c0, c1, r0, r1 in tile_pairs():
-        _, _, p, dp = p_and_dp(c0, c1, r0, r1)
-        rows = slice(r0, r1)
-        psum[:, :, :, rows] = _add_compensated(psum[:, :, :, rows], psum_comp[:, :, :, rows],
-                                               p.sum(axis=-1))
-        delta[:, :, :, rows] = _add_compensated(delta[:, :, :, rows], delta_comp[:, :, :, rows],
-                                                np.vecdot(p, dp))
-    psum -= psum_comp                                                 # the compensated sums
-    delta -= delta_comp
-    psum[psum == 0] = 1                                               # fully masked rows: P = 0
-    delta /= psum
+    dq = np.empty((B, Hkv, G, Tq, D), dtype=acc_dtype)                # (B, Hkv, G, Tq, D)
+    # dK and dV sum over query tiles, the outer loop: running sums of the whole (Tk, D)
+    dk = np.zeros((B, Hkv, Tk, D), dtype=acc_dtype)                   # (B, Hkv, Tk, D)
+    dv = np.zeros((B, Hkv, Tk, D), dtype=acc_dtype)                   # (B, Hkv, Tk, D)
+    dk_comp, dv_comp = np.zeros_like(dk), np.zeros_like(dv)           # Kahan compensations
 
-    dq = np.zeros((B, Hkv, G, Tq, D), dtype=acc_dtype)                # (B, Hkv, G, Tq, D)
-    dq_comp = np.zeros_like(dq)                                       # Kahan compensation
-    dk = np.empty((B, Hkv, Tk, D), dtype=k.dtype)                     # (B, Hkv, Tk, D)
-    dv = np.empty((B, Hkv, Tk, D), dtype=v.dtype)                     # (B, Hkv, Tk, D)
+    for r0 in range(0, Tq, block_q):
+        r1 = min(r0 + block_q, Tq)
+        Br = r1 - r0
+        q_i = qg[:, :, :, r0:r1].astype(acc_dtype, copy=False)        # (B, Hkv, G, Br, D)
+        do_i = dog[:, :, :, r0:r1].astype(acc_dtype, copy=False)      # (B, Hkv, G, Br, D)
 
-    # Second pass: the gradients, key tiles outer so that dK_j and dV_j are written once
-    for c0 in range(0, Tk, block_k):
-        c1 = min(c0 + block_k, Tk)
-        k_j = k[:, :, c0:c1].astype(acc_dtype, copy=False)            # (B, Hkv, Bc, D)
-        dk_j = np.zeros((B, Hkv, c1 - c0, D), dtype=acc_dtype)        # (B, Hkv, Bc, D)
-        dv_j = np.zeros((B, Hkv, c1 - c0, D), dtype=acc_dtype)        # (B, Hkv, Bc, D)
-        dk_comp = np.zeros_like(dk_j)                                 # Kahan compensations
-        dv_comp = np.zeros_like(dv_j)
-        for r0 in _query_tiles(c0, Tq, block_q, causal, offset):
-            r1 = min(r0 + block_q, Tq)
-            Br = r1 - r0
-            q_i, do_i, p, dp = p_and_dp(c0, c1, r0, r1, psum)
+        # First walk over the key tiles: P_ij and dP_ij, kept for the second walk, and
+        # psum_i = rowsum(exp(S - L))_i, delta_i = rowsum(P ⊙ dP)_i / psum_i
+        tiles = []
+        psum = np.zeros((B, Hkv, G, Br), dtype=acc_dtype)             # (B, Hkv, G, Br)
+        delta = np.zeros((B, Hkv, G, Br), dtype=acc_dtype)            # (B, Hkv, G, Br)
+        psum_comp, delta_comp = np.zeros_like(psum), np.zeros_like(delta)  # compensations
+        for c0 in _key_tiles(r0, r1, Tk, block_k, causal, offset):
+            c1 = min(c0 + block_k, Tk)
+            p, dp = p_and_dp(q_i, do_i, r0, r1, c0, c1)
+            psum = _add_compensated(psum, psum_comp, p.sum(axis=-1))
+            delta = _add_compensated(delta, delta_comp, np.vecdot(p, dp))
+            tiles.append((c0, c1, p, dp))
+        psum -= psum_comp                                             # the compensated sums
+        delta -= delta_comp
+        psum[psum == 0] = 1                                           # fully masked rows: P = 0
+        delta /= psum
+
+        # Second walk: the gradients from the kept tiles
+        dq_i = np.zeros((B, Hkv, G, Br, D), dtype=acc_dtype)          # (B, Hkv, G, Br, D)
+        dq_comp = np.zeros_like(dq_i)                                 # Kahan compensation
+        for c0, c1, p, dp in tiles:
+            k_j = k[:, :, c0:c1].astype(acc_dtype, copy=False)        # (B, Hkv, Bc, D)
+            p /= psum[..., None]                                      # P_ij, renormalised
             # dS_ij = P_ij ⊙ (dP_ij - delta_i), in dP's place
             ds = dp
-            ds -= delta[:, :, :, r0:r1, None]
+            ds -= delta[..., None]
             ds *= p                                                   # (B, Hkv, G, Br, Bc)
             # dQ_i += dS_ij K_j (times s once, at the end)
-            dq_i = ds @ k_j[:, :, None]                               # (B, Hkv, G, Br, D)
-            dq[:, :, :, r0:r1] = _add_compensated(dq[:, :, :, r0:r1], dq_comp[:, :, :, r0:r1],
-                                                  dq_i)
+            dq_i = _add_compensated(dq_i, dq_comp, ds @ k_j[:, :, None])  # (B, Hkv, G, Br, D)
             # dV_j += P_ij^T dO_i and dK_j += dS_ij^T Q_i (times s at the end), summed over the
             # G heads of the group by folding (G, Br) into one row axis of G*Br rows.
             p_rows = p.reshape(B, Hkv, G * Br, c1 - c0)               # (B, Hkv, G*Br, Bc)
             ds_rows = ds.reshape(B, Hkv, G * Br, c1 - c0)             # (B, Hkv, G*Br, Bc)
+            keys = slice(c0, c1)
             dv_part = p_rows.swapaxes(-1, -2) @ do_i.reshape(B, Hkv, G * Br, D)  # (B, Hkv, Bc, D)
-            dv_j = _add_compensated(dv_j, dv_comp, dv_part)
+            dv[:, :, keys] = _add_compensated(dv[:, :, keys], dv_comp[:, :, keys], dv_part)
             dk_part = ds_rows.swapaxes(-1, -2) @ q_i.reshape(B, Hkv, G * Br, D)  # (B, Hkv, Bc, D)
-            dk_j = _add_compensated(dk_j, dk_comp, dk_part)
-        dk_j -= dk_comp
-        dk_j *= sc
-        dk[:, :, c0:c1] = dk_j
-        dv[:, :, c0:c1] = dv_j - dv_comp
+            dk[:, :, keys] = _add_compensated(dk[:, :, keys], dk_comp[:, :, keys], dk_part)
+        dq_i -= dq_comp
+        dq_i *= sc
+        dq[:, :, :, r0:r1] = dq_i
 
-    dq -= dq_comp
-    dq *= sc
+    dk -= dk_comp
+    dk *= sc
+    dv -= dv_comp
     dq = dq.reshape(B, H, Tq, D).astype(q.dtype, copy=False)          # (B, H, Tq, D)
+    dk = dk.astype(k.dtype, copy=False)                               # (B, Hkv, Tk, D)
+    dv = dv.astype(v.dtype, copy=False)                               # (B, Hkv, Tk, D)
     return dq, dk, dv
