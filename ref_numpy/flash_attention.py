@@ -329,11 +329,12 @@ def flash_attention_backward(dout: np.ndarray, cache: dict
 
     Mathematically delta_i = sum_k P_ik (dO_i . V_k) = dO_i . O_i, the form FlashAttention uses.
     Here delta is summed from the very P and dP tiles that the gradients use, in a first walk
-    over a query tile's key tiles, so that delta and dP are rounded alike: where a row has a single nonzero
-    probability (one key per query, Tk = 1, or the first row of a causal tile), P = 1 and
-    delta = dP exactly, so dP - delta, dS and that row's share of dQ and dK are exactly 0, as in
-    ``ref_numpy.attention``. dO . O is a dot product that BLAS rounds differently from the matmul
-    giving dP; in float32 their difference (up to ~1e-6) would be all of those gradients.
+    over a query tile's key tiles, so that delta and dP are rounded alike: where a row has a
+    single nonzero probability (one key per query, Tk = 1, or the first row of a causal tile),
+    P = 1 and delta = dP exactly, so dP - delta, dS and that row's share of dQ and dK are
+    exactly 0, as in ``ref_numpy.attention``. dO . O is a dot product that BLAS rounds
+    differently from the matmul giving dP; in float32 their difference (up to ~1e-6) would be
+    all of those gradients.
 
     The same first walk sums psum_i = rowsum(exp(S - L))_i, which is 1 up to rounding, and the
     gradients use P = exp(S - L) / psum (delta accordingly divided by psum). The saved L
