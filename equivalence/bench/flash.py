@@ -6,8 +6,9 @@ fresh child of the shared layer (``equivalence.bench.common``).
 1. Memory. Peak memory traced by ``tracemalloc`` while forward then backward run, for each T in
    ``--t`` (default 1k, 2k, 4k, 8k, 16k) at D = ``--d`` (64). The inputs are made before tracing
    starts, so the figure is the *extra* memory. The naive version holds (T, T) matrices
-   (T = 16k: 1 GiB per float32 matrix), so it grows like T²; the tiled one holds O(T) arrays and
-   (Br, Bc) tiles, so it grows like T. Targets: tiled peak(16k) / peak(8k) <= 2.2, and
+   (T = 16k: 1 GiB per float32 matrix), so it grows like T²; the tiled one holds O(T) arrays
+   (the backward keeps one query tile's row of (Br, Bc) tiles, two (Br, T) in all), so it grows
+   like T. Targets: tiled peak(16k) / peak(8k) <= 2.2, and
    naive / tiled >= 10 at T = 8k. ``--max-naive-t`` skips naive runs above a size (the table says
    so) on machines without several GiB to spare; ``--plot PATH`` draws peak vs T (log-log).
 2. Speed at T = ``--speed-t`` (2048), D = 64, tiles Br = Bc = ``--block`` (128): tiled against
