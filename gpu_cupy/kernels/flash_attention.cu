@@ -141,6 +141,15 @@ DEVICE kahan_t kahan_add(kahan_t a, real x)
     return a;
 }
 
+/* An empty running sum. */
+DEVICE kahan_t kahan_zero(void)
+{
+    kahan_t z;
+    z.sum = 0;
+    z.comp = 0;
+    return z;
+}
+
 /* Query i may attend key j: both in range and, when causal, j <= i + (Tk - Tq). */
 DEVICE int visible(int i, int j, int Tq, int Tk, int causal)
 {
@@ -226,15 +235,13 @@ KERNEL void flash_attention_forward_v1(GLOBAL const real* q, GLOBAL const real* 
     load_rows(q_tile, q_bh, q0, Tq, BLOCK_Q);
     for (int r = tid; r < BLOCK_Q; r += NUM_THREADS) {
         row_max[r] = -INFINITY;
-        row_sum[r].sum = 0;
-        row_sum[r].comp = 0;
+        row_sum[r] = kahan_zero();
     }
     /* This thread's entries e = tid + u * NUM_THREADS of the (BLOCK_Q, D) output tile. */
     kahan_t o_acc[Q_TILE_PER_THREAD];
     UNROLL
     for (int u = 0; u < Q_TILE_PER_THREAD; ++u) {
-        o_acc[u].sum = 0;
-        o_acc[u].comp = 0;
+        o_acc[u] = kahan_zero();
     }
 
     const int k_end = key_end(q0, Tq, Tk, causal);
@@ -329,6 +336,15 @@ KERNEL void flash_attention_forward_v1(GLOBAL const real* q, GLOBAL const real* 
 
 #ifdef FLASH_BACKWARD
 
+/* exp(scale q_r . k_c - lse_r), the unnormalised P of one visible (query, key) pair, from rows
+ * of the staged tiles. The rows kernel sums it into psum; the gradient kernels divide it by
+ * psum. All three take it from here, so they round it alike, and so do their dP (dot_rows). */
+DEVICE real p_unnormalised(SHARED_PARAM const real* q_row, SHARED_PARAM const real* k_row,
+                           real scale, real lse_r)
+{
+    return exp(scale * dot_rows(q_row, k_row) - lse_r);
+}
+
 KERNEL void flash_attention_backward_rows(GLOBAL const real* q, GLOBAL const real* k,
                                           GLOBAL const real* v, GLOBAL const real* dout,
                                           GLOBAL const real* lse, GLOBAL real* drow,
@@ -360,10 +376,8 @@ KERNEL void flash_attention_backward_rows(GLOBAL const real* q, GLOBAL const rea
     load_rows(do_tile, dout + bh * Tq * HEAD_DIM, q0, Tq, BLOCK_Q);
     load_row_values(lse_tile, lse + bh * Tq, q0, Tq, 0);
     for (int r = tid; r < BLOCK_Q; r += NUM_THREADS) {
-        row_psum[r].sum = 0;
-        row_psum[r].comp = 0;
-        row_drow[r].sum = 0;
-        row_drow[r].comp = 0;
+        row_psum[r] = kahan_zero();
+        row_drow[r] = kahan_zero();
     }
 
     const int k_end = key_end(q0, Tq, Tk, causal);
@@ -378,8 +392,8 @@ KERNEL void flash_attention_backward_rows(GLOBAL const real* q, GLOBAL const rea
             real p = 0;
             real pdp = 0;
             if (visible(q0 + r, k0 + c, Tq, Tk, causal)) {
-                p = exp(scale * dot_rows(q_tile + r * ROW_STRIDE, k_tile + c * ROW_STRIDE)
-                        - lse_tile[r]);
+                p = p_unnormalised(q_tile + r * ROW_STRIDE, k_tile + c * ROW_STRIDE, scale,
+                                   lse_tile[r]);
                 pdp = p * dot_rows(do_tile + r * ROW_STRIDE, v_tile + c * ROW_STRIDE);
             }
             p_tile[e] = p;
@@ -438,10 +452,8 @@ KERNEL void flash_attention_backward_dkdv(GLOBAL const real* q, GLOBAL const rea
     kahan_t dv_acc[K_TILE_PER_THREAD];
     UNROLL
     for (int u = 0; u < K_TILE_PER_THREAD; ++u) {
-        dk_acc[u].sum = 0;
-        dk_acc[u].comp = 0;
-        dv_acc[u].sum = 0;
-        dv_acc[u].comp = 0;
+        dk_acc[u] = kahan_zero();
+        dv_acc[u] = kahan_zero();
     }
 
     /* Causal: key k0 is first seen by query i = k0 - (Tk - Tq); start at that query's tile. */
@@ -467,8 +479,8 @@ KERNEL void flash_attention_backward_dkdv(GLOBAL const real* q, GLOBAL const rea
                 real p = 0;
                 real ds = 0;
                 if (visible(q0 + r, k0 + c, Tq, Tk, causal)) {
-                    p = exp(scale * dot_rows(q_tile + r * ROW_STRIDE, k_tile + c * ROW_STRIDE)
-                            - lse_tile[r]) / psum_tile[r];
+                    p = p_unnormalised(q_tile + r * ROW_STRIDE, k_tile + c * ROW_STRIDE, scale,
+                                       lse_tile[r]) / psum_tile[r];
                     real dp = dot_rows(do_tile + r * ROW_STRIDE, v_tile + c * ROW_STRIDE);
                     ds = p * (dp - drow_tile[r]);
                 }
@@ -543,8 +555,7 @@ KERNEL void flash_attention_backward_dq(GLOBAL const real* q, GLOBAL const real*
     kahan_t dq_acc[Q_TILE_PER_THREAD];
     UNROLL
     for (int u = 0; u < Q_TILE_PER_THREAD; ++u) {
-        dq_acc[u].sum = 0;
-        dq_acc[u].comp = 0;
+        dq_acc[u] = kahan_zero();
     }
 
     const int k_end = key_end(q0, Tq, Tk, causal);
@@ -560,8 +571,8 @@ KERNEL void flash_attention_backward_dq(GLOBAL const real* q, GLOBAL const real*
             int c = e % BLOCK_K;
             real ds = 0;
             if (visible(q0 + r, k0 + c, Tq, Tk, causal)) {
-                real p = exp(scale * dot_rows(q_tile + r * ROW_STRIDE, k_tile + c * ROW_STRIDE)
-                             - lse_tile[r]) / psum_tile[r];
+                real p = p_unnormalised(q_tile + r * ROW_STRIDE, k_tile + c * ROW_STRIDE,
+                                        scale, lse_tile[r]) / psum_tile[r];
                 real dp = dot_rows(do_tile + r * ROW_STRIDE, v_tile + c * ROW_STRIDE);
                 ds = p * (dp - drow_tile[r]);
             }
